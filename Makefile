@@ -1,0 +1,44 @@
+# resweep: `make demo` runs the main job, `make test` the tests. Both bootstrap by
+# themselves: a .venv with the pinned packages (skipped while a stamp keyed by the
+# requirements is current) and the Fashion-MNIST data.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+STUDY ?= search_spaces/degradation-quick.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help setup data test demo clean
+
+help:
+	@echo "make demo   run the default study (local Ray + MLflow) and write its report"
+	@echo "make test   run the test suite"
+	@echo "make setup  create $(VENV) with the pinned packages (done by demo/test)"
+	@echo "make data   make sure Fashion-MNIST is on disk (done by demo/test)"
+	@echo "make clean  remove the venv, local MLflow store, Ray results and reports"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@echo "== installing pinned packages into $(VENV) (a few minutes, once)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@rm -f $(VENV)/.installed-*
+	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@set -o pipefail; $(BIN)/python -m pip install -q -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@set -o pipefail; $(BIN)/python -m pip install -q --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@touch $@
+
+data: setup
+	@$(BIN)/python -m workers.fetch fashion-mnist
+
+test: setup data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup data
+	$(BIN)/resweep run $(STUDY)
+	$(BIN)/resweep report $(STUDY)
+
+clean:
+	rm -rf $(VENV) mlflow.db mlartifacts ray_results reports

@@ -1,0 +1,13 @@
+"""`resweep report` (not implemented yet)."""
+
+HELP = "(not implemented yet)"
+DESCRIPTION = HELP
+
+
+def add_arguments(parser):
+    pass
+
+
+def main(args) -> int:
+    print("resweep report: not implemented yet")
+    return 1

@@ -1,0 +1,13 @@
+"""`resweep schema` (not implemented yet)."""
+
+HELP = "(not implemented yet)"
+DESCRIPTION = HELP
+
+
+def add_arguments(parser):
+    pass
+
+
+def main(args) -> int:
+    print("resweep schema: not implemented yet")
+    return 1
