@@ -27,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@set -o pipefail; $(BIN)/python -m pip install -q -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@set -o pipefail; $(BIN)/python -m pip install -q --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(BIN)/python -m pip install -q --no-deps -e . > $(VENV)/install-project.log 2>&1 || { cat $(VENV)/install-project.log; exit 1; }
 	@touch $@
 
 data: setup
