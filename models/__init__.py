@@ -1,0 +1,19 @@
+"""ResNet family builder (torch only): cifar / imagenet / mlp networks, complexity, probes.
+
+Public API::
+
+    build_model(cfg) -> nn.Module        validate_model_config(cfg)
+    count_params(model) -> int           count_macs(cfg) -> int
+    layer_responses(model, inputs)       gradient_norms(model, inputs, targets)
+    load_torchvision_state_dict(model, sd)
+
+`models` never imports ray, mlflow or optuna (tests/test_layering.py).
+"""
+
+from models.build import build_model, count_params
+from models.config import ModelConfig
+from models.errors import ConfigError
+from models.validation import validate_model_config
+
+__all__ = ["ConfigError", "ModelConfig", "build_model", "count_params",
+           "validate_model_config"]
