@@ -1,0 +1,132 @@
+"""The pieces of the training loop: device, optimizer, the train step, evaluation.
+
+The train step is a separate object with a small interface (`TrainStep`) so the loop does
+not care how a step runs. `EagerStep` is plain PyTorch; a CUDA-graph step (forward,
+backward and optimizer update captured once and replayed, lr kept in a device tensor)
+implements the same interface in `workers/graph_step.py` and is picked by
+`make_train_step` on CUDA when `train.cuda_graph` is on and that module exists.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.errors import ConfigError
+from workers.config import TrainConfig
+
+
+class TrainStep(Protocol):
+    """One optimizer step on one batch.
+
+    static_batch: True when every batch must have exactly `train.batch_size` rows (a
+                  captured graph has fixed shapes); the loop then drops the ragged last
+                  batch of an epoch.
+    optimizer:    the torch optimizer (its state is checkpointed).
+    """
+
+    static_batch: bool
+    optimizer: torch.optim.Optimizer
+
+    def set_lr(self, lr: float) -> None:
+        """Use `lr` from the next call on (a graph step writes it into a device tensor)."""
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on (B, C, H, W) float images and (B,) labels; return (mean loss, number
+        of wrong predictions) as 0-dim tensors on the device, without a host sync."""
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: got {name!r}, but torch sees no CUDA device here; "
+                          "use 'auto' or 'cpu'")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for "bf16" (weights and the optimizer stay fp32), a no-op for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum / Nesterov and L2 weight decay on every parameter (as the paper)."""
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                           nesterov=train.nesterov, weight_decay=train.weight_decay)
+
+
+class EagerStep:
+    """The train step in plain eager PyTorch (the default, and always on the CPU)."""
+
+    static_batch = False
+
+    def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
+        self.model = model
+        self.forward = torch.compile(model) if train.compile else model
+        self.optimizer = build_optimizer(model, train)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = device
+        self.precision = train.precision
+        self.label_smoothing = train.label_smoothing
+        self.grad_clip = train.grad_clip
+        self.channels_last = device.type == "cuda"
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            logits = self.forward(images)                       # (B, classes)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        wrong = (logits.detach().argmax(dim=1) != labels).sum()
+        return loss.detach().float(), wrong
+
+
+def make_train_step(model: nn.Module, train: TrainConfig, device: torch.device) -> TrainStep:
+    """A CUDA-graph step where asked for and available, else `EagerStep`."""
+    if device.type == "cuda" and train.cuda_graph:
+        try:
+            from workers.graph_step import GraphStep  # the GPU engine; absent until it lands
+        except ModuleNotFoundError as err:
+            if err.name != "workers.graph_step":
+                raise
+        else:
+            return GraphStep(model, train, device)
+    return EagerStep(model, train, device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device, precision: str) -> tuple[float, float]:
+    """(mean cross-entropy, error fraction) of `model` in eval mode over `batches`."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for images, labels in batches:
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        wrong += (logits.argmax(dim=1) != labels).sum()
+        count += labels.shape[0]
+    model.train(was_training)
+    if count == 0:
+        return float("nan"), float("nan")
+    return float(loss_sum) / count, int(wrong) / count

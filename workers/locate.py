@@ -1,0 +1,124 @@
+"""Where data sets live on disk, and the error that says how to get a missing one.
+
+Search order for every data set (the first hit wins):
+
+1. `data.root` from the trial config, when given (and only it);
+2. `$RESWEEP_DATA`;
+3. fashion-mnist only: `/usr/share/datasets/fashion-mnist` (Debian `dataset-fashion-mnist`);
+4. `./data` (where `python -m workers.fetch` and torchvision downloads put things).
+
+Inside each base directory both the flat layout and torchvision's layout are accepted:
+fashion-mnist `BASE/*.gz`, `BASE/fashion-mnist/*.gz` or `BASE/FashionMNIST/raw/*`;
+cifar10 `BASE/cifar-10-batches-py/`; cifar100 `BASE/cifar-100-python/`;
+imagenet `BASE/train/` + `BASE/val/` or `BASE/imagenet/{train,val}/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from models.errors import ConfigError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+LOCAL_DATA = Path("data")
+
+# The four idx files of Fashion-MNIST (gzipped as shipped; torchvision also keeps them raw).
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+HOW_TO_GET = {
+    "fashion-mnist": (
+        "get it with `python -m workers.fetch fashion-mnist` (or `make data`), which runs "
+        "`apt-get install -y dataset-fashion-mnist` as root (Debian: files land in "
+        "/usr/share/datasets/fashion-mnist) or downloads with torchvision into ./data where "
+        "a network exists; or copy the four *-ubyte.gz files into $RESWEEP_DATA"),
+    "cifar10": (
+        "put torchvision's `cifar-10-batches-py/` folder (data_batch_1..5, test_batch) under "
+        "$RESWEEP_DATA or ./data, or run `python -m workers.fetch cifar10` where a network "
+        "exists (torchvision download)"),
+    "cifar100": (
+        "put torchvision's `cifar-100-python/` folder (train, test) under $RESWEEP_DATA or "
+        "./data, or run `python -m workers.fetch cifar100` where a network exists"),
+    "imagenet": (
+        "point data.root (or $RESWEEP_DATA) at an image-folder tree with train/<class>/*.JPEG "
+        "and val/<class>/*.JPEG (the layout of torchvision's ImageFolder)"),
+}
+
+
+class DataNotFoundError(ConfigError):
+    """A data set is not on disk. The message says where it was looked for and how to get it."""
+
+    def __init__(self, dataset: str, searched: list[Path]):
+        self.dataset = dataset
+        self.searched = searched
+        where = ", ".join(str(p) for p in searched) or "(nowhere: no candidate directory)"
+        super().__init__(f"data.dataset: {dataset!r} not found; looked in: {where}; "
+                         f"{HOW_TO_GET.get(dataset, '')}")
+
+
+def candidate_bases(dataset: str, root: str | None = None) -> list[Path]:
+    """Base directories searched for `dataset`, in order (see the module docstring)."""
+    if root is not None:
+        return [Path(root).expanduser()]
+    bases = []
+    if os.environ.get("RESWEEP_DATA"):
+        bases.append(Path(os.environ["RESWEEP_DATA"]).expanduser())
+    if dataset == "fashion-mnist":
+        bases.append(DEBIAN_FASHION_MNIST)
+    bases.append(LOCAL_DATA.resolve())
+    return bases
+
+
+def _fashion_mnist_dir(base: Path) -> Path | None:
+    for folder in (base, base / "fashion-mnist", base / "FashionMNIST" / "raw"):
+        if all(idx_file(folder, name) is not None for name in FASHION_MNIST_FILES):
+            return folder
+    return None
+
+
+def idx_file(folder: Path, name: str) -> Path | None:
+    """`folder/name.gz` or `folder/name` (torchvision keeps both), whichever exists."""
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cifar_dir(base: Path, dataset: str) -> Path | None:
+    if dataset == "cifar10":
+        folder, needed = base / "cifar-10-batches-py", ["data_batch_1", "test_batch"]
+    else:
+        folder, needed = base / "cifar-100-python", ["train", "test"]
+    return folder if all((folder / n).is_file() for n in needed) else None
+
+
+def _imagenet_dir(base: Path) -> Path | None:
+    for folder in (base, base / "imagenet"):
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            return folder
+    return None
+
+
+def find_dataset(dataset: str, root: str | None = None) -> Path | None:
+    """The directory holding `dataset`'s files, or None when it is in none of the bases."""
+    for base in candidate_bases(dataset, root):
+        if dataset == "fashion-mnist":
+            found = _fashion_mnist_dir(base)
+        elif dataset in ("cifar10", "cifar100"):
+            found = _cifar_dir(base, dataset)
+        elif dataset == "imagenet":
+            found = _imagenet_dir(base)
+        else:
+            raise ConfigError(f"data.dataset: no files to look for with {dataset!r}")
+        if found is not None:
+            return found
+    return None
+
+
+def require_dataset(dataset: str, root: str | None = None) -> Path:
+    """Like `find_dataset`, but a missing data set raises `DataNotFoundError`."""
+    found = find_dataset(dataset, root)
+    if found is None:
+        raise DataNotFoundError(dataset, candidate_bases(dataset, root))
+    return found
