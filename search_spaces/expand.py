@@ -1,0 +1,402 @@
+"""Expansion: a validated study -> the list of fully resolved `TrialConfig`s.
+
+Steps, in order:
+1. cells: grid = cartesian product of `space` (first key slowest); ablation = the
+   baseline, then each `vary` key's values one at a time (a value equal to the baseline's
+   is the baseline and is not repeated);
+2. constraints drop cells (`skip`, `require`), judged on the cell's full set of values
+   (varied, fixed in the file, and defaults);
+3. each cell x seed is resolved: ModelConfig (data set shapes filled in; a plain net's
+   shortcut normalised to "A"), DataConfig, TrainConfig (`workers.recipes.resolve_recipe`);
+4. trials with the same `trial_id` merge (a plain net across shortcut options is one);
+5. every distinct model is built on the meta device, so an impossible architecture fails
+   here, and its parameters and MACs are kept for `resweep plan`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from models.config import ModelConfig
+from models.errors import ConfigError
+from search_spaces.errors import Problem, format_path
+from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
+from search_spaces.schema import StudySpec
+from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
+
+# Input shape and classes of each data set: (in_channels, num_classes, image_size).
+DATASET_SHAPES = {"fashion-mnist": (1, 10, 28), "cifar10": (3, 10, 32),
+                  "cifar100": (3, 100, 32), "imagenet": (3, 1000, 224)}
+# Raw grids this many times over max_trials are refused before cells are even listed.
+_HOPELESS_FACTOR = 50
+
+Cell = dict  # ParamKey -> value, in the order the file lists the keys
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """What `resweep plan` shows of a network: parameters and multiply-accumulates for
+    one input at the model's image size."""
+
+    params: int
+    macs: int
+
+
+@dataclass
+class Expansion:
+    """The outcome of expanding a grid or ablation study."""
+
+    trials: list[TrialConfig] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)   # trial_id -> varied values
+    stats: dict[ModelConfig, ModelStats] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class Resolver:
+    """Turns cells (varied values) into resolved configs for one study."""
+
+    def __init__(self, spec: StudySpec, locations):
+        self.spec = spec
+        self.locations = locations
+        self.fixed_model = spec.model.model_dump(exclude_unset=True)
+        self.fixed_data = spec.data.model_dump(exclude_unset=True)
+        self.fixed_train = {k: v for k, v in spec.train.model_dump(exclude_unset=True).items()
+                            if k != "recipe"}
+        self.resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu)
+        self._recipes: dict = {}
+
+    def values(self, cell: Cell) -> tuple[dict, dict, dict, str]:
+        """model, data, train-override dicts and recipe name for one cell (unresolved)."""
+        model = dict(self.fixed_model)
+        data = dict(self.fixed_data)
+        train = dict(self.fixed_train)
+        recipe = self.spec.train.recipe
+        for key, value in cell.items():
+            value = coerce_value(key, value)
+            if key.section == "model":
+                model[key.field] = value
+            elif key.section == "data":
+                data[key.field] = value
+            elif key.field == "recipe":
+                recipe = value
+            else:
+                train[key.field] = value
+        if model.get("stages") is not None:
+            model["stages"] = tuple(model["stages"])
+        data_config = DataConfig(**data)
+        for name, value in zip(("in_channels", "num_classes", "image_size"),
+                               DATASET_SHAPES.get(data_config.dataset, ())):
+            model.setdefault(name, value)
+        return model, data, train, recipe
+
+    def resolve(self, cell: Cell, seed: int, name: str = "") -> tuple[TrialConfig, ModelConfig]:
+        """(trial with normalised model, the model as written) for one cell and seed."""
+        model, data, train, recipe = self.values(cell)
+        raw_model = ModelConfig(**model)
+        train_config = self._recipe(recipe, train, raw_model)
+        trial = TrialConfig(name=name, model=normalise_model(raw_model),
+                            data=DataConfig(**data), train=train_config, seed=seed,
+                            resources=self.resources, study=self.spec.name)
+        return trial, raw_model
+
+    def _recipe(self, recipe: str, train: dict, model: ModelConfig) -> TrainConfig:
+        from workers.recipes import resolve_recipe
+
+        # The recipe may depend on the model (paper-cifar's warm-up for 110 layers).
+        cache_key = (recipe, repr(sorted(train.items())), model)
+        if cache_key not in self._recipes:
+            self._recipes[cache_key] = resolve_recipe(recipe, train, model=model)
+        return self._recipes[cache_key]
+
+    def lookup(self, cell: Cell, key: ParamKey, trial: TrialConfig,
+               raw_model: ModelConfig) -> Any:
+        """The value of `key` in this cell as written (plain nets keep their shortcut)."""
+        if key in cell:
+            return coerce_value(key, cell[key])
+        if key.section == "model":
+            return getattr(raw_model, key.field)
+        return getattr(getattr(trial, key.section), key.field)
+
+
+def normalise_model(cfg: ModelConfig) -> ModelConfig:
+    """Fields that cannot change the network set to their defaults, so identical networks
+    compare equal: a plain net has no shortcut ("A"); an mlp has no block or shortcut;
+    only an mlp has `hidden`."""
+    defaults = ModelConfig()
+    changes: dict[str, Any] = {"width": float(cfg.width)}
+    if not cfg.residual:
+        changes["shortcut"] = defaults.shortcut
+    if cfg.family == "mlp":
+        changes.update(block=defaults.block, shortcut=defaults.shortcut,
+                       width=defaults.width)
+    else:
+        changes["hidden"] = defaults.hidden
+    return cfg.replace(**changes)
+
+
+# ---- cells ----------------------------------------------------------------------------
+
+def grid_cells(spec: StudySpec, keys: dict[str, ParamKey]) -> list[Cell]:
+    names = list(spec.space)
+    lists = [spec.space[n] for n in names]
+    return [{keys[n]: v for n, v in zip(names, combo)} for combo in itertools.product(*lists)]
+
+
+def ablation_cells(spec: StudySpec, keys: dict[str, ParamKey]) -> list[Cell]:
+    baseline = {keys[n]: v for n, v in spec.baseline.items()}
+    cells = [baseline]
+    for name, values in spec.vary.items():
+        for value in values:
+            cell = dict(baseline)
+            cell[keys[name]] = value
+            if not _same_cell(cell, baseline):
+                cells.append(cell)
+    return cells
+
+
+def _same_cell(a: Cell, b: Cell) -> bool:
+    return all(_same(a[k], b.get(k)) for k in a) and a.keys() == b.keys()
+
+
+def _same(a, b) -> bool:
+    """Equality that keeps True apart from 1 (YAML users mean different things)."""
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) \
+        else a == b
+
+
+def matches(condition: dict, value_of) -> bool:
+    """True when every key of `condition` has the given value (a list: any of them)."""
+    for text, wanted in condition.items():
+        key = parse_key(text)
+        actual = value_of(key)
+        options = wanted if isinstance(wanted, list) and not is_list_field(key) else [wanted]
+        if key.field in ("stages", "milestones"):
+            actual = list(actual) if actual is not None else None
+        if not any(_same(coerce_value(key, o) if o is not None else None, actual)
+                   for o in options):
+            return False
+    return True
+
+
+def excluded_by(spec: StudySpec, value_of) -> int | None:
+    """Index of the first constraint that drops a cell, or None when it is kept."""
+    for i, rule in enumerate(spec.constraints):
+        if not matches(rule.when, value_of):
+            continue
+        if rule.skip:
+            return i
+        if rule.require is not None and not matches(rule.require, value_of):
+            return i
+    return None
+
+
+# ---- names ----------------------------------------------------------------------------
+
+_MODEL_NAME_FIELDS = ("family", "depth", "block", "residual", "shortcut", "width", "stages")
+
+
+def model_name(m: ModelConfig) -> str:
+    """plain-56-A-w1, resnet-29-bottleneck-B-w0.5, resnet-imagenet-50-B-w1, plain-mlp-10."""
+    kind = "resnet" if m.residual else "plain"
+    if m.family == "mlp":
+        return f"{kind}-mlp-{m.depth}"
+    parts = [kind]
+    if m.family == "imagenet":
+        parts.append("imagenet")
+        parts.append("x".join(map(str, m.stages)) if m.stages else str(m.depth))
+        if m.stages and m.block == "bottleneck":
+            parts.append("bottleneck")
+    else:
+        parts.append(str(m.depth))
+        if m.block == "bottleneck":
+            parts.append("bottleneck")
+    parts += [m.shortcut, f"w{m.width:g}"]
+    return "-".join(parts)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(format_value(v) for v in value)
+    return str(value)
+
+
+def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict) -> str:
+    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed."""
+    parts = [model_name(trial.model)]
+    for key in varied:
+        if key.section == "model" and key.field in _MODEL_NAME_FIELDS:
+            continue
+        parts.append(f"{key.short}{format_value(cell_values.get(key.dotted))}")
+    parts.append(f"s{trial.seed}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+
+
+def unique_names(trials: list[TrialConfig]) -> list[TrialConfig]:
+    """Append the trial_id's first digits to names that would otherwise repeat."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.name] = counts.get(t.name, 0) + 1
+    return [t if counts[t.name] == 1 else t.replace(name=f"{t.name}-{t.trial_id[:6]}")
+            for t in trials]
+
+
+# ---- the whole expansion --------------------------------------------------------------
+
+def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
+    """Expand a grid or ablation spec whose sections are valid; problems are collected."""
+    out = Expansion()
+    resolver = Resolver(spec, locations)
+    seeds = list(spec.seeds) if spec.seeds is not None else list(range(spec.repeats))
+    if spec.design == "grid":
+        sizes = [len(v) for v in spec.space.values()]
+        raw = math.prod(sizes) * len(seeds)
+        if raw > spec.max_trials * _HOPELESS_FACTOR:
+            out.problems.append(_over_cap(locations, spec, raw, sizes, len(seeds)))
+            return out
+        cells, origin, varied_names = grid_cells(spec, keys), "space", list(spec.space)
+    else:
+        cells, origin, varied_names = ablation_cells(spec, keys), "vary", list(spec.vary)
+    varied = [keys[n] for n in varied_names]
+
+    resolved: list[tuple[TrialConfig, Cell]] = []
+    seen_errors: set[str] = set()
+    kept_any = False
+    for index, cell in enumerate(cells):
+        try:
+            base, raw_model = resolver.resolve(cell, seeds[0])
+        except (ConfigError, TypeError, ValueError) as err:
+            _attribute(out, err, cell, spec, origin, locations, seen_errors)
+            continue
+
+        def value_of(key, _cell=cell, _base=base, _raw=raw_model):
+            return resolver.lookup(_cell, key, _base, _raw)
+
+        rule = excluded_by(spec, value_of)
+        if rule is not None:
+            if spec.design == "ablation" and index == 0:
+                out.problems.append(Problem(locations.where(("baseline",)), "baseline",
+                                            f"got a baseline that constraints[{rule}] "
+                                            "excludes; the baseline must be a valid cell"))
+                return out
+            continue
+        kept_any = True
+        for seed in seeds:
+            resolved.append((base.replace(seed=seed), cell))
+    if out.problems:
+        return out
+    if not kept_any:
+        out.problems.append(Problem(locations.where(("constraints",)), "constraints",
+                                    f"got rules that exclude all {len(cells)} cells; "
+                                    "at least one trial must remain"))
+        return out
+
+    merged: dict[str, tuple[TrialConfig, Cell]] = {}
+    for trial, cell in resolved:
+        merged.setdefault(trial.trial_id, (trial, cell))
+    if len(merged) > spec.max_trials:
+        sizes = [len(v) for v in spec.space.values()] if spec.design == "grid" else []
+        out.problems.append(_over_cap(locations, spec, len(merged), sizes, len(seeds),
+                                      after_rules=True))
+        return out
+
+    for trial, cell in merged.values():
+        stats = model_stats(trial.model, out.stats)
+        if isinstance(stats, ConfigError):
+            _attribute(out, stats, cell, spec, origin, locations, seen_errors)
+    if out.problems:
+        return out
+
+    named = []
+    for trial, cell in merged.values():
+        values = {k.dotted: coerce_value(k, v) for k, v in cell.items()}
+        named.append(trial.replace(name=trial_name(trial, varied, values)))
+        out.cells.append({k.text: coerce_value(k, v) for k, v in cell.items()})
+    out.trials = unique_names(named)
+    return out
+
+
+def model_stats(cfg: ModelConfig, cache: dict) -> ModelStats | ConfigError:
+    """Build `cfg` on the meta device (no memory) and count; ConfigError if impossible."""
+    if cfg in cache:
+        return cache[cfg]
+    import torch
+
+    from models import build_model, count_params
+    try:
+        from models import count_macs
+    except ImportError:  # older models package: the function lives in complexity
+        from models.complexity import count_macs
+    try:
+        with torch.device("meta"):
+            net = build_model(cfg)
+        stats = ModelStats(params=count_params(net), macs=int(count_macs(cfg)))
+    except ConfigError as err:
+        return err
+    cache[cfg] = stats
+    return stats
+
+
+_FIELD_ERROR = re.compile(r"^(model|data|train)\.(\w+): (.*)$")
+
+
+def _attribute(out: Expansion, err: Exception, cell: Cell, spec: StudySpec, origin: str,
+               locations, seen: set[str]) -> None:
+    """Turn a resolution/build error into Problems at the most useful key of the file."""
+    context = ", ".join(f"{k.text}={format_value(v)}" for k, v in cell.items())
+    for line in str(err).splitlines() or [type(err).__name__]:
+        match = _FIELD_ERROR.match(line)
+        path: tuple
+        message = line
+        if match:
+            section, field_name, rest = match.groups()
+            varied = [k for k in cell if k.section == section and k.field == field_name]
+            if varied:
+                key = varied[0]
+                path = _cell_value_path(spec, origin, key, cell[key])
+                message = rest
+            elif field_name in getattr(spec, section).model_fields_set:
+                path = (section, field_name)
+                message = rest
+            else:
+                path = (origin,) if not cell else _cell_value_path(
+                    spec, origin, next(iter(cell)), next(iter(cell.values())))
+        else:
+            path = (origin,)
+        if (path, message) in seen:
+            continue
+        seen.add((path, message))
+        text = f"{message} (e.g. the cell {context})" if context else message
+        out.problems.append(Problem(locations.where(path), format_path(path), text))
+
+
+def _cell_value_path(spec: StudySpec, origin: str, key: ParamKey, value) -> tuple:
+    """("space", "depth", 3): the list item that gave this value (its own line)."""
+    if origin == "space":
+        values = spec.space[key.text]
+        for i, v in enumerate(values):
+            if _same(v, value):
+                return ("space", key.text, i)
+        return ("space", key.text)
+    if spec.vary and key.text in spec.vary:
+        for i, v in enumerate(spec.vary[key.text]):
+            if _same(v, value):
+                return ("vary", key.text, i)
+    return ("baseline", key.text)
+
+
+def _over_cap(locations, spec: StudySpec, count: int, sizes: list[int], n_seeds: int,
+              after_rules: bool = False) -> Problem:
+    shape = " x ".join(map(str, sizes)) + f" cells x {n_seeds} seed(s)" if sizes else ""
+    how = "after constraints and merging" if after_rules else f"({shape})"
+    where = ("space",) if spec.design == "grid" else ("vary",)
+    return Problem(locations.where(where), where[0],
+                   f"got {count} trials {how}; at most max_trials={spec.max_trials} "
+                   "(narrow the space or raise max_trials)")

@@ -1,0 +1,117 @@
+"""Strict YAML: `yaml.safe_load` semantics, plus duplicate keys refused and line numbers kept.
+
+`load_yaml(text, filename)` returns the plain data and a `Locations` map from key paths
+(tuples such as ("space", "depth", 2)) to 1-based line numbers, so validation errors
+elsewhere can say `file:line`. Explicit Python tags (`!!python/object:...`) are refused
+like `safe_load` refuses them; so are duplicate keys, which PyYAML would silently let the
+last one win. Numbers in exponent form without a dot (`1e-4`) are floats, as in YAML 1.2
+(YAML 1.1 would read them as strings).
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from search_spaces.errors import Problem, format_path, short_repr
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """SafeLoader whose float resolver also accepts `1e-4` and `5E3`."""
+
+
+_StrictSafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+_SAFE_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+              ("str", "int", "float", "bool", "null", "map", "seq", "timestamp",
+               "binary", "set", "omap", "pairs", "merge")}
+
+
+class Locations:
+    """Key path -> line; a path not recorded falls back to its nearest recorded parent."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.lines: dict[tuple, int] = {}
+        self.overrides: dict[tuple, str] = {}  # path -> the --set text that wrote it
+
+    def where(self, path: tuple) -> str:
+        """'file:line' for a file value, 'file (--set k=v)' for an overridden one."""
+        path = tuple(path)
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.overrides:
+                return f"{self.filename} (--set {self.overrides[path[:n]]})"
+            if path[:n] in self.lines:
+                return f"{self.filename}:{self.lines[path[:n]]}"
+        return self.filename
+
+
+def load_yaml(text: str, filename: str) -> tuple[object, Locations, list[Problem]]:
+    """Parse one YAML document. Returns (data, locations, problems); data is None when
+    the text cannot be parsed at all."""
+    locations = Locations(filename)
+    loader = _StrictSafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else 1
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        return None, locations, [Problem(f"{filename}:{line}", "",
+                                         f"not valid YAML: {what}")]
+    except yaml.YAMLError as err:
+        return None, locations, [Problem(filename, "", f"not valid YAML: {err}")]
+    finally:
+        loader.dispose()
+    problems: list[Problem] = []
+    if node is None:
+        return None, locations, problems
+    data = _to_python(loader, node, (), locations, problems)
+    return data, locations, problems
+
+
+def _to_python(loader, node, path: tuple, locations: Locations, problems: list[Problem]):
+    """Build plain data from a node tree, recording the line of every key and item."""
+    locations.lines.setdefault(path, node.start_mark.line + 1)
+    if node.tag not in _SAFE_TAGS:
+        problems.append(Problem(f"{locations.filename}:{node.start_mark.line + 1}",
+                                format_path(path),
+                                f"got the tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r}; "
+                                "only plain YAML values are allowed (no tags)"))
+        return None
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        result: dict = {}
+        first_line: dict = {}
+        for key_node, value_node in node.value:
+            key = _to_python(loader, key_node, path + ("<key>",), locations, problems)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                problems.append(Problem(f"{locations.filename}:{line}", format_path(path),
+                                        f"got the key {short_repr(key)}; keys must be "
+                                        "plain names"))
+                continue
+            if key in first_line:
+                problems.append(Problem(f"{locations.filename}:{line}",
+                                        format_path(path + (key,)),
+                                        f"got a duplicate key (first at line "
+                                        f"{first_line[key]}); each key may appear once"))
+                continue
+            first_line[key] = line
+            locations.lines[path + (key,)] = line
+            result[key] = _to_python(loader, value_node, path + (key,), locations, problems)
+        locations.lines.pop(path + ("<key>",), None)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(loader, item, path + (i,), locations, problems)
+                for i, item in enumerate(node.value)]
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as err:
+        problems.append(Problem(f"{locations.filename}:{node.start_mark.line + 1}",
+                                format_path(path), f"got {node.value!r}; {err}"))
+        return None
