@@ -1,13 +1,79 @@
-"""`resweep report` (not implemented yet)."""
+"""`resweep report`: a study's MLflow runs -> findings, figures and an HTML report."""
 
-HELP = "(not implemented yet)"
-DESCRIPTION = HELP
+from __future__ import annotations
+
+HELP = "figures, findings and an HTML report of a study's runs"
+DESCRIPTION = """\
+Read a study's runs from MLflow and write its report:
+
+  <out>/report.html   self-contained (figures embedded): paper-claims table with verdicts,
+                      degradation onset, residual gain per depth, per-cell statistics over
+                      seeds, every trial linked to its MLflow run, the study file
+  <out>/summary.md    the claims and figures in Markdown
+  <out>/figures/      training curves, degradation map, shortcut options, layer responses,
+                      gradient flow (PNG + SVG; only those the study's data supports)
+
+The files are also logged to the study's latest `resweep run` (parent run) under the
+artifact directory report/, so they show in the MLflow UI.
+
+Trials: every trial run of the study's experiment (all `resweep run`s), one per trial_id.
+Statistics use finished trials only: mean, std and 95% t-interval over seeds. Degradation
+onset: the smallest depth whose plain-net training error exceeds a shallower plain net's
+by more than seed noise (one-sided Welch t-test, alpha 0.05; with a single seed: by more
+than 1 percentage point).
+"""
+
+EXAMPLES = """\
+examples:
+  resweep report search_spaces/degradation-quick.yaml
+  resweep report degradation-quick --out /tmp/report
+  resweep report degradation --tracking-uri http://127.0.0.1:5000
+"""
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("study", metavar="STUDY",
+                        help="a study YAML file or a study name (= its MLflow experiment)")
+    parser.add_argument("--tracking-uri", metavar="URI", default=None,
+                        help="MLflow store the study ran against (default: "
+                             "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="directory for this study's report (default: reports/<study>)")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not attach the report to the study's MLflow parent run")
 
 
 def main(args) -> int:
-    print("resweep report: not implemented yet")
-    return 1
+    from pathlib import Path
+
+    from analysis.report import build_report, format_claims_text, log_report, runs_view_url, \
+        ui_base_url
+    from analysis.runs import default_tracking_uri, load_study_runs, resolve_study
+
+    name, study_file = resolve_study(args.study)
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    runs = load_study_runs(name, tracking_uri)
+    out_dir = Path(args.out) if args.out else Path("reports") / name
+    study_text = study_file.read_text(encoding="utf-8") if study_file else None
+    report = build_report(runs, out_dir, study_text)
+
+    counts = runs.trials["status"].value_counts().to_dict()
+    print(f"resweep report: study {name!r}: {len(runs.trials)} trials "
+          f"({', '.join(f'{n} {s}' for s, n in counts.items())}) in {tracking_uri}")
+    print("\nPaper claims (He et al. 2015):")
+    print(format_claims_text(report.findings))
+    print(f"\nreport:  {report.html}  (self-contained; open it in a browser)")
+    print(f"summary: {report.markdown}")
+    print(f"figures: {report.html.parent / 'figures'}/ "
+          f"({', '.join(f.name for f in report.figures) or 'none'}; PNG + SVG)")
+    if not args.no_log:
+        parent = log_report(runs, report)
+        if parent:
+            print(f"logged to MLflow run {runs.parent_run_name} ({parent}) under report/")
+        else:
+            print("not logged to MLflow: the experiment has no `resweep run` parent run")
+    view = runs_view_url(ui_base_url(tracking_uri), runs.experiment_id)
+    hint = "" if tracking_uri.startswith("http") else f"  (after `resweep ui --study {name}`)"
+    print(f"MLflow:  {view}{hint}")
+    return 0

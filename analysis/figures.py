@@ -1,0 +1,366 @@
+"""The report's figures (matplotlib, Agg backend), each as PNG and SVG.
+
+1. training curves (paper Fig. 1/6): train error dashed, test error solid, against epoch;
+   plain and residual side by side; one colour per depth.
+2. degradation map: final train and test error against depth, plain vs residual, 95%
+   confidence bands over seeds.
+3. shortcut options A/B/C and plain (paper Table 3) as a bar chart.
+4. layer responses (paper Fig. 7): std of each layer's response, plain vs residual.
+5. gradient flow: per-block gradient norm on a log scale, plain vs residual.
+
+A figure is drawn only when the study's data supports it (two shortcut options, probes,
+more than one depth...); each `plot_*` returns None otherwise. Errors are stored as
+fractions and shown in percent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.findings import Findings, depth_free_key  # noqa: E402
+from analysis.probes import mean_profile  # noqa: E402
+
+DPI = 150
+PLAIN_COLOURS = ("#d95f02", "#e7298a", "#a6761d", "#e6ab02")    # warm: plain nets
+RESIDUAL_COLOURS = ("#1b9e77", "#386cb0", "#7570b3", "#66a61e")  # cool: residual nets
+SHORTCUT_COLOURS = {"plain": "#d95f02", "A": "#1b9e77", "B": "#386cb0", "C": "#7570b3"}
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+                     "legend.fontsize": 8.5, "axes.spines.top": False,
+                     "axes.spines.right": False, "svg.fonttype": "none"})
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A written figure: a short name, a title, a caption for the report and its files."""
+
+    name: str
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+
+
+def depth_colours(depths) -> dict[int, tuple]:
+    """One colour per depth, ordered light -> dark as depth grows (same in every panel)."""
+    depths = sorted({int(d) for d in depths})
+    cmap = plt.get_cmap("viridis")
+    if len(depths) == 1:
+        return {depths[0]: cmap(0.35)}
+    return {d: cmap(0.85 - 0.75 * i / (len(depths) - 1)) for i, d in enumerate(depths)}
+
+
+def _save(fig, out_dir: Path, name: str, title: str, caption: str) -> FigureFile:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=DPI, bbox_inches="tight")
+    fig.savefig(svg, bbox_inches="tight")
+    plt.close(fig)
+    return FigureFile(name, title, caption, png, svg)
+
+
+def _percent_axis(ax, label: str) -> None:
+    ax.set_ylabel(label)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.grid(True, alpha=0.3)
+
+
+def _integer_ticks(ax) -> None:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def _seed_note(done: pd.DataFrame) -> str:
+    counts = sorted(done.groupby("cell").size().unique())
+    if not counts:
+        return ""
+    if counts == [1]:
+        return "One seed per configuration (no confidence band)."
+    return f"{'/'.join(map(str, counts))} seeds per configuration."
+
+
+# 1. Training curves ------------------------------------------------------------------------
+
+def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
+                         ) -> FigureFile | None:
+    """Train error (dashed) and test error (solid) against epoch, mean over seeds; plain
+    nets left, residual nets right, one colour per depth."""
+    if done.empty or curves.empty or "train_error" not in curves:
+        return None
+    data = curves.merge(done[["run_id", "cell", "label", "series", "depth", "residual"]],
+                        on="run_id")
+    if data.empty or data["epoch"].nunique() < 2:
+        return None
+    colours = depth_colours(data["depth"])
+    kinds = [(False, "plain nets"), (True, "residual nets (ResNets)")]
+    kinds = [(r, t) for r, t in kinds if (data["residual"] == r).any()]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.4), sharey=True,
+                             squeeze=False)
+    finals = []
+    for ax, (residual, title) in zip(axes[0], kinds):
+        part = data[data["residual"] == residual]
+        series_markers = {s: MARKERS[i % len(MARKERS)]
+                          for i, s in enumerate(sorted(part["series"].unique()))}
+        many_series = len(series_markers) > 1
+        for (label, depth, series), cell in part.groupby(["label", "depth", "series"],
+                                                         sort=False):
+            mean = cell.groupby("epoch")[["train_error", "test_error"]].mean().sort_index()
+            marker = series_markers[series] if many_series else None
+            style = dict(color=colours[int(depth)], marker=marker, markersize=3.5,
+                         markevery=max(1, len(mean) // 8))
+            ax.plot(mean.index, 100 * mean["train_error"], "--", lw=1.4, **style)
+            test = mean["test_error"].dropna() if "test_error" in mean else mean.iloc[:0]
+            if not test.empty:
+                ax.plot(test.index, 100 * test, "-", lw=1.8, **style)
+                finals.append(test.iloc[-1])
+            finals.append(mean["train_error"].dropna().iloc[-1])
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        _integer_ticks(ax)
+        _percent_axis(ax, "error (%)")
+        handles = [Line2D([], [], color=colours[int(d)], lw=2, label=f"{d} layers")
+                   for d in sorted(part["depth"].unique())]
+        handles += [Line2D([], [], color="0.3", ls="--", lw=1.4, label="training error"),
+                    Line2D([], [], color="0.3", ls="-", lw=1.8, label="test error")]
+        if many_series:
+            handles += [Line2D([], [], color="0.3", marker=m, ls="", label=s)
+                        for s, m in series_markers.items()]
+        ax.legend(handles=handles, loc="upper right", frameon=False)
+    # Like the paper's Fig. 1, zoom on the end of training: the first epochs' high errors
+    # would squash the differences that matter.
+    top = min(100.0, 100 * max(finals) * 2.2 + 2) if finals else 100.0
+    axes[0][0].set_ylim(0, top)
+    fig.suptitle("Training curves: training error (dashed) and test error (solid)", y=1.02)
+    return _save(fig, out_dir, "1-training-curves", "Training curves",
+                 "Final-epoch errors decide the degradation question; here the whole run. "
+                 "Mean over seeds. " + _seed_note(done))
+
+
+# 2. Degradation map ------------------------------------------------------------------------
+
+def _series_styles(aggregates: pd.DataFrame) -> dict[str, dict]:
+    plain = [s for s in aggregates[~aggregates["residual"]]["series"].unique()]
+    residual = [s for s in aggregates[aggregates["residual"]]["series"].unique()]
+    styles = {}
+    for i, s in enumerate(plain):
+        styles[s] = dict(color=PLAIN_COLOURS[i % 4], marker=MARKERS[i % 6], ls="--")
+    for i, s in enumerate(residual):
+        styles[s] = dict(color=RESIDUAL_COLOURS[i % 4], marker=MARKERS[(i + 1) % 6], ls="-")
+    return styles
+
+
+def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
+                         ) -> FigureFile | None:
+    """Final train (left) and test (right) error against depth, one line per series (plain
+    / residual ...), 95% t-interval bands over seeds, seeds as dots, onset marked."""
+    agg = findings.aggregates
+    if agg.empty or agg["depth"].nunique() < 2:
+        return None
+    metrics = [m for m in ("train_error", "test_error") if f"{m}_mean" in agg
+               and agg[f"{m}_mean"].notna().any()]
+    styles = _series_styles(agg)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.4),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for series, rows in agg.groupby(agg["cell"].map(depth_free_key), sort=False):
+            rows = rows.sort_values("depth")
+            name = rows["series"].iloc[0]
+            style = styles[name]
+            mean, ci = 100 * rows[f"{metric}_mean"], 100 * rows[f"{metric}_ci"]
+            ax.plot(rows["depth"], mean, lw=2, markersize=6, label=name, **style)
+            if ci.notna().any():
+                ax.fill_between(rows["depth"], mean - ci.fillna(0), mean + ci.fillna(0),
+                                color=style["color"], alpha=0.18, lw=0)
+            seeds = done[done["cell"].isin(rows["cell"])]
+            ax.scatter(seeds["depth"], 100 * seeds[metric], s=10, color=style["color"],
+                       alpha=0.45, zorder=3)
+        ax.set_xticks(sorted(agg["depth"].unique()))
+        ax.set_xlabel("depth (weighted layers)")
+        _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
+        ax.set_title(f"final {metric.replace('_', ' ')} vs depth")
+        if metric == "train_error":
+            for series, onset in findings.onsets.items():
+                if onset.depth is None:
+                    continue
+                row = agg[(agg["series"] == series) & (agg["depth"] == onset.depth)]
+                y = 100 * row["train_error_mean"].iloc[0]
+                ax.annotate(f"degradation onset\n(depth {onset.depth})", (onset.depth, y),
+                            xytext=(-105, -12), textcoords="offset points", fontsize=8.5,
+                            ha="left", va="center",
+                            arrowprops=dict(arrowstyle="->", color="0.25"), color="0.15")
+        ax.legend(frameon=False, loc="upper left")
+    fig.suptitle("Degradation map: error against depth, plain vs residual", y=1.02)
+    return _save(fig, out_dir, "2-degradation-map", "Degradation map",
+                 "Lines: mean over seeds; bands: 95% t-interval; dots: single seeds. "
+                 "Plain nets dashed (warm colours), residual nets solid (cool colours). "
+                 + _seed_note(done))
+
+
+# 3. Shortcut options -----------------------------------------------------------------------
+
+def shortcut_table(aggregates: pd.DataFrame) -> pd.DataFrame:
+    """Rows: plain, A, B, C; columns per depth: mean train/test error and interval (only
+    depths with at least two shortcut options). Empty when the study has < 2 options."""
+    if aggregates.empty:
+        return pd.DataFrame()
+    residual = aggregates[aggregates["residual"]]
+    counts = residual.groupby("depth")["shortcut"].nunique()
+    depths = sorted(counts[counts >= 2].index)
+    if not depths:
+        return pd.DataFrame()
+    rows = aggregates[aggregates["depth"].isin(depths)].copy()
+    rows["option"] = [s if r else "plain" for s, r in zip(rows["shortcut"], rows["residual"])]
+    keep = ["option", "depth", "n", "train_error_mean", "train_error_ci"]
+    if "test_error_mean" in rows:
+        keep += ["test_error_mean", "test_error_ci"]
+    order = {"plain": 0, "A": 1, "B": 2, "C": 3}
+    return (rows[keep].sort_values(["depth", "option"], key=lambda c: c.map(order)
+                                   if c.name == "option" else c).reset_index(drop=True))
+
+
+def plot_shortcuts(aggregates: pd.DataFrame, out_dir: Path) -> FigureFile | None:
+    """Grouped bars per depth: plain, A, B, C; mean error with 95% interval whiskers."""
+    table = shortcut_table(aggregates)
+    if table.empty:
+        return None
+    metrics = [m for m in ("train_error", "test_error") if f"{m}_mean" in table]
+    options = [o for o in ("plain", "A", "B", "C") if o in set(table["option"])]
+    depths = sorted(table["depth"].unique())
+    width = 0.8 / len(options)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, option in enumerate(options):
+            rows = table[table["option"] == option].set_index("depth").reindex(depths)
+            xs = [j + (i - (len(options) - 1) / 2) * width for j in range(len(depths))]
+            ci = (100 * rows[f"{metric}_ci"]).fillna(0)
+            bars = ax.bar(xs, 100 * rows[f"{metric}_mean"], width * 0.92, yerr=ci,
+                          capsize=3, color=SHORTCUT_COLOURS[option],
+                          label="plain (no shortcut)" if option == "plain" else f"option {option}")
+            ax.bar_label(bars, fmt="%.1f", fontsize=7.5, padding=2)
+        ax.set_xticks(range(len(depths)), [f"{d} layers" for d in depths])
+        ax.set_xlabel("depth")
+        _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
+        ax.set_title(f"final {metric.replace('_', ' ')} by shortcut option")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, loc="upper center", ncols=len(options),
+               bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle("Shortcut options (paper Table 3): A zero-padded identity, B projection where "
+                 "the shape changes, C projection everywhere", y=1.07, fontsize=10)
+    return _save(fig, out_dir, "3-shortcuts", "Shortcut options A/B/C",
+                 "Bars: mean over seeds; whiskers: 95% t-interval. Numbers in percent.")
+
+
+# 4. Layer responses ------------------------------------------------------------------------
+
+def _profile_styles(profile: pd.DataFrame) -> dict[str, dict]:
+    """Per cell label: warm colours for plain, cool for residual, darker when deeper."""
+    styles = {}
+    for residual, palette in ((False, "Oranges"), (True, "Blues")):
+        cells = (profile[profile["residual"] == residual][["label", "depth"]]
+                 .drop_duplicates().sort_values(["depth", "label"]))
+        cmap = plt.get_cmap(palette)
+        for i, label in enumerate(cells["label"]):
+            shade = 0.5 + 0.45 * (i / max(1, len(cells) - 1))
+            styles[label] = dict(color=cmap(shade), ls="-" if residual else "--")
+    return styles
+
+
+def plot_layer_responses(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
+    """Std of each layer's response after BN (paper Fig. 7): in network order (left) and
+    sorted by magnitude (right); mean over seeds."""
+    profile = mean_profile(probes, "layer_responses")
+    if profile.empty:
+        return None
+    styles = _profile_styles(profile)
+    fig, axes = plt.subplots(1, 2, figsize=(11.2, 4.2), sharey=True)
+    for label, rows in profile.groupby("label", sort=False):
+        rows = rows.sort_values("index")
+        axes[0].plot(rows["index"] + 1, rows["value"], lw=1.6, label=label, **styles[label])
+        ranked = rows["value"].sort_values(ascending=False).to_numpy()
+        axes[1].plot(range(1, len(ranked) + 1), ranked, lw=1.6, label=label, **styles[label])
+    axes[0].set_xlabel("layer index (network order, input -> output)")
+    axes[1].set_xlabel("layer index (sorted by magnitude)")
+    for ax in axes:
+        ax.set_ylabel("std of layer response (after BN)")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+        _integer_ticks(ax)
+    axes[0].set_title("responses in network order")
+    axes[1].set_title("responses sorted by magnitude")
+    _legend_by_depth(axes[1], profile, styles)
+    fig.suptitle("Layer responses (paper Fig. 7): residual functions respond less than "
+                 "plain layers", y=1.02)
+    return _save(fig, out_dir, "4-layer-responses", "Layer responses",
+                 "Standard deviation of each layer's output after batch norm, before the "
+                 "addition and ReLU, on a probe batch at the end of training; mean over "
+                 "seeds. Plain nets dashed (orange), residual nets solid (blue).")
+
+
+def _legend_by_depth(ax, profile: pd.DataFrame, styles: dict[str, dict]) -> None:
+    labels = (profile[["label", "depth", "residual"]].drop_duplicates()
+              .sort_values(["residual", "depth", "label"])["label"])
+    ax.legend(handles=[Line2D([], [], lw=1.8, label=l, **styles[l]) for l in labels],
+              frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              ncols=2 if len(labels) > 12 else 1)
+
+
+# 5. Gradient flow --------------------------------------------------------------------------
+
+def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
+    """Per-block weight-gradient L2 norm (log scale) against block index; plain left,
+    residual right, one colour per depth; mean over seeds."""
+    profile = mean_profile(probes, "gradient_norms")
+    if profile.empty:
+        return None
+    profile = profile[profile["value"] > 0]  # log scale
+    kinds = [(r, t) for r, t in ((False, "plain nets"), (True, "residual nets (ResNets)"))
+             if (profile["residual"] == r).any()]
+    colours = depth_colours(profile["depth"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.2), sharey=True,
+                             squeeze=False)
+    for ax, (residual, title) in zip(axes[0], kinds):
+        part = profile[profile["residual"] == residual]
+        series = sorted(part["series"].unique())
+        for (label, depth, name), rows in part.groupby(["label", "depth", "series"], sort=False):
+            rows = rows.sort_values("index")
+            marker = MARKERS[series.index(name) % 6] if len(series) > 1 else "o"
+            ax.plot(rows["index"] + 1, rows["value"], marker=marker, markersize=3, lw=1.6,
+                    color=colours[int(depth)], label=label)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("block index (input -> output)")
+        ax.set_ylabel("weight-gradient L2 norm (log scale)")
+        ax.grid(True, which="both", alpha=0.25)
+        _integer_ticks(ax)
+        ax.legend(frameon=False, loc="best", ncols=2 if part["label"].nunique() > 6 else 1)
+    fig.suptitle("Gradient flow: per-block gradient norm at the end of training", y=1.02)
+    return _save(fig, out_dir, "5-gradient-flow", "Gradient flow",
+                 "L2 norm of each block's weight gradient on a probe batch; mean over seeds. "
+                 "Vanishing gradients show as norms falling towards the input (left end).")
+
+
+def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,
+                 findings: Findings, out_dir: Path) -> list[FigureFile]:
+    """Every figure the data supports, in report order."""
+    figures = [
+        plot_training_curves(done, curves, out_dir),
+        plot_degradation_map(done, findings, out_dir),
+        plot_shortcuts(findings.aggregates, out_dir),
+        plot_layer_responses(probes, out_dir),
+        plot_gradient_flow(probes, out_dir),
+    ]
+    return [f for f in figures if f is not None]
+
+
+__all__ = ["FigureFile", "make_figures", "plot_training_curves", "plot_degradation_map",
+           "plot_shortcuts", "plot_layer_responses", "plot_gradient_flow", "shortcut_table"]

@@ -1,0 +1,349 @@
+"""A study's MLflow runs as tidy tables.
+
+The orchestrator writes (see the MLflow conventions in the README / DESIGN.md):
+experiment = study name; one parent run per `resweep run` (tag resweep.kind=study, artifact
+study.yaml); one nested child run per trial (tag resweep.kind=trial, resweep.trial_id,
+resweep.status, resweep.seed; params = the flattened TrialConfig with dotted keys;
+per-epoch metrics with step = epoch; artifact probes.json).
+
+`load_study_runs` reads that back with `MlflowClient` from any tracking URI into
+- `trials`: one row per trial (run id, status, parsed params, final metrics, cell label),
+  child runs of *every* `resweep run` of the study, de-duplicated by trial_id (a done run
+  wins over an interrupted or failed one, then the newest);
+- `curves`: one row per (run, epoch) with the per-epoch metrics as columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from models.errors import ConfigError
+
+# resweep.status values of a trial that will not run again (contract with the orchestrator).
+DONE_STATUSES = ("finished", "diverged", "stopped")
+# Which done run of a trial_id to keep when there are several: a completed one first.
+_STATUS_RANK = {"finished": 0, "diverged": 1, "stopped": 2, "interrupted": 3, "failed": 4}
+# Per-epoch metrics read back as curves (step = epoch); errors are fractions in [0, 1].
+CURVE_KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss",
+              "test_loss", "lr", "iteration", "images_per_s", "elapsed_s")
+# Flattened params that do not change what a trial computes, or that name it: a cell is
+# the set of trials that differ only in these (so: the seeds of one configuration).
+_NOT_CELL_PARAMS = ("seed", "name", "study", "trial_id", "train.device", "train.threads",
+                    "train.eval_every", "data.root", "data.download")
+_NOT_CELL_PREFIXES = ("resources.",)
+# Short names for the model params every figure uses.
+_MODEL_COLUMNS = {"model.depth": "depth", "model.residual": "residual",
+                  "model.shortcut": "shortcut", "model.block": "block",
+                  "model.width": "width", "model.family": "family"}
+
+
+def resolve_study(study: str) -> tuple[str, Path | None]:
+    """STUDY as given on the command line -> (study name = experiment name, study file).
+
+    A path to a YAML file gives the study's `name` (through `search_spaces.load_study`
+    where available, so the file is validated as `resweep run` would); anything else that
+    does not look like a path is taken as the name itself."""
+    path = Path(study)
+    if path.is_file():
+        return _study_name(path), path
+    if study.endswith((".yaml", ".yml")) or "/" in study or os.sep in study:
+        raise ConfigError(f"STUDY: no study file {study!r}; give a study YAML path or the "
+                          "study's name (its MLflow experiment)")
+    return study, None
+
+
+def _study_name(path: Path) -> str:
+    try:
+        from search_spaces import load_study
+    except ImportError:  # the study loader is not available: read just the name
+        load_study = None
+    if load_study is not None:
+        return load_study(str(path)).name
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if name else path.stem
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the store `resweep run` creates: sqlite:///<cwd>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client on an *existing* store. A missing SQLite file would silently be created
+    (empty) by MLflow, so it is refused here with the path that was looked at."""
+    local = _local_store_path(tracking_uri)
+    if local is not None and not local.exists():
+        raise ConfigError(
+            f"--tracking-uri: no MLflow store at {local} (tracking URI {tracking_uri}); "
+            "run `resweep run STUDY` first, or pass the URI the study was run with")
+    # Artifact downloads (probes.json per trial) would otherwise draw a progress bar each.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _local_store_path(tracking_uri: str) -> Path | None:
+    if tracking_uri.startswith("sqlite:///"):
+        rest = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+        return None if rest in ("", ":memory:") else Path(rest)
+    if tracking_uri.startswith("file://"):
+        return Path(tracking_uri[len("file://"):])
+    if "://" not in tracking_uri and ":" not in tracking_uri.split("/", 1)[0]:
+        return Path(tracking_uri)  # a bare directory: MLflow's file store
+    return None
+
+
+def find_experiment(client: MlflowClient, study: str, tracking_uri: str):
+    """The study's experiment, or a ConfigError naming the store and what is in it."""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        names = sorted(e.name for e in _all_experiments(client))
+        raise ConfigError(
+            f"STUDY: no experiment named {study!r} in the MLflow store {tracking_uri}; "
+            f"experiments there: {names or 'none'}. Run `resweep run` on the study first, "
+            "or pass --tracking-uri with the store it was run with")
+    return experiment
+
+
+def _all_experiments(client: MlflowClient) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def search_all_runs(client: MlflowClient, experiment_id: str, filter_string: str,
+                    order_by: list[str] | None = None) -> list:
+    """Every active run matching `filter_string`, across result pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def parse_param(text: str) -> Any:
+    """MLflow stores params as strings: turn "True", "20", "0.5", "None" back into values.
+    Anything else (names, lists) stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null", ""):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass
+class StudyRuns:
+    """Everything the report needs about one study, read from MLflow."""
+
+    study: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None      # latest `resweep run` of the study (None if there is none)
+    parent_run_name: str | None
+    parents: int                   # how many `resweep run`s the trials come from
+    trials: pd.DataFrame           # one row per trial_id (see module docstring)
+    curves: pd.DataFrame           # one row per (run_id, epoch)
+    varying: list[str]             # cell params that take more than one value
+    client: MlflowClient = field(repr=False)
+    _probes: dict[str, dict | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        """Trials that ran to completion: the rows statistics are computed from."""
+        return self.trials[self.trials["status"] == "finished"]
+
+    def probes(self, run_id: str) -> dict | None:
+        """The trial's probes.json ({"layer_responses": {...}, "gradient_norms": {...}}),
+        or None when it has none."""
+        if run_id not in self._probes:
+            self._probes[run_id] = read_json_artifact(self.client, run_id, "probes.json")
+        return self._probes[run_id]
+
+    def study_text(self) -> str | None:
+        """The study YAML the latest `resweep run` logged (artifact study.yaml)."""
+        if self.parent_run_id is None:
+            return None
+        return read_text_artifact(self.client, self.parent_run_id, "study.yaml")
+
+
+def read_text_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="resweep-artifact-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return Path(local).read_text(encoding="utf-8")
+
+
+def read_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    text = read_text_artifact(client, run_id, path)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def load_study_runs(study: str, tracking_uri: str | None = None,
+                    curve_keys: tuple[str, ...] = CURVE_KEYS) -> StudyRuns:
+    """Read a study's experiment into tables (see module docstring)."""
+    tracking_uri = tracking_uri or default_tracking_uri()
+    client = open_store(tracking_uri)
+    experiment = find_experiment(client, study, tracking_uri)
+    eid = experiment.experiment_id
+
+    parents = search_all_runs(client, eid, "tags.`resweep.kind` = 'study'",
+                              order_by=["attributes.start_time DESC"])
+    children = search_all_runs(client, eid, "tags.`resweep.kind` = 'trial'")
+    if not children:
+        raise ConfigError(
+            f"STUDY: experiment {study!r} in {tracking_uri} has no trial runs yet; "
+            "run `resweep run` on the study first")
+    kept = _deduplicate(children)
+    trials = _trial_table(kept, children)
+    varying = _label_cells(trials)
+    curves = _curve_table(client, trials, curve_keys)
+    latest = parents[0] if parents else None
+    return StudyRuns(
+        study=study, tracking_uri=tracking_uri, experiment_id=eid,
+        parent_run_id=latest.info.run_id if latest else None,
+        parent_run_name=latest.info.run_name if latest else None,
+        parents=len({r.data.tags.get("mlflow.parentRunId") for r in kept}),
+        trials=trials, curves=curves, varying=varying, client=client)
+
+
+def _trial_key(run) -> str:
+    return run.data.tags.get("resweep.trial_id") or run.info.run_id
+
+
+def _deduplicate(children: list) -> list:
+    """One run per trial_id: finished > diverged > stopped > interrupted > failed, then newest."""
+    best: dict[str, Any] = {}
+    for run in children:
+        key = _trial_key(run)
+        rank = (_STATUS_RANK.get(run.data.tags.get("resweep.status", ""), 9),
+                -(run.info.start_time or 0))
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, run)
+    return [run for _, run in sorted(best.values(), key=lambda item: item[1].info.start_time or 0)]
+
+
+def _trial_table(kept: list, children: list) -> pd.DataFrame:
+    attempts: dict[str, int] = {}
+    for run in children:
+        attempts[_trial_key(run)] = attempts.get(_trial_key(run), 0) + 1
+    rows = []
+    for run in kept:
+        tags, params = run.data.tags, {k: parse_param(v) for k, v in run.data.params.items()}
+        row: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "trial_id": _trial_key(run),
+            "name": tags.get("resweep.name", run.info.run_name),
+            "status": tags.get("resweep.status", "unknown"),
+            "mlflow_status": run.info.status,
+            "parent_run_id": tags.get("mlflow.parentRunId"),
+            "start_time": run.info.start_time,
+            "attempts": attempts[_trial_key(run)],
+        }
+        seed = params.get("seed", parse_param(tags.get("resweep.seed", "0")))
+        row["seed"] = seed
+        row.update({k: v for k, v in params.items() if k != "seed"})
+        for key, short in _MODEL_COLUMNS.items():
+            row[short] = params.get(key)
+        # Final metrics: MLflow keeps each key's value at its largest step (the last epoch;
+        # for test_error the last evaluated epoch).
+        row.update({key: float(value) for key, value in run.data.metrics.items()})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if "residual" in table and table["residual"].notna().all():
+        table["residual"] = table["residual"].astype(bool)
+    return table
+
+
+def _cell_params(table: pd.DataFrame) -> list[str]:
+    return sorted(c for c in table.columns if "." in c and c not in _NOT_CELL_PARAMS
+                  and not c.startswith(_NOT_CELL_PREFIXES))
+
+
+def _label_cells(table: pd.DataFrame) -> list[str]:
+    """Add `cell` (canonical JSON of the cell's params), `label` (e.g. "plain-56",
+    "resnet-56 B") and `series` (the label without the depth: one line of error vs depth).
+    Returns the cell params that vary across the study."""
+    params = _cell_params(table)
+    table["cell"] = [json.dumps({p: _jsonable(row[p]) for p in params}, sort_keys=True)
+                     for _, row in table.iterrows()]
+    varying = [p for p in params if table[p].map(_jsonable).map(json.dumps).nunique() > 1]
+    residual_rows = table[table["residual"] == True] if "residual" in table else table  # noqa: E712
+    show_shortcut = ("model.shortcut" in table and
+                     residual_rows["model.shortcut"].nunique(dropna=True) > 1)
+    extras = [p for p in varying if p not in ("model.depth", "model.residual", "model.shortcut")]
+    labels, series = [], []
+    for _, row in table.iterrows():
+        kind = "resnet" if row.get("residual") else "plain"
+        parts = [kind]
+        if show_shortcut and row.get("residual"):
+            parts.append(str(row["model.shortcut"]))
+        parts += [f"{p.rsplit('.', 1)[-1]}={_short(row[p])}" for p in extras]
+        series.append(" ".join(parts))
+        depth = row.get("depth")
+        labels.append(" ".join([f"{kind}-{depth}" if depth is not None else kind] + parts[1:]))
+    table["label"] = labels
+    table["series"] = series
+    return varying
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _curve_table(client: MlflowClient, trials: pd.DataFrame,
+                 curve_keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch metric history of every kept trial, one row per (run_id, epoch)."""
+    points: dict[tuple[str, int], dict[str, float]] = {}
+    for _, trial in trials.iterrows():
+        for key in curve_keys:
+            if key not in trial or pd.isna(trial[key]):
+                continue  # the run never logged this metric
+            for metric in client.get_metric_history(trial["run_id"], key):
+                points.setdefault((trial["run_id"], metric.step), {})[key] = metric.value
+    rows = [{"run_id": run_id, "epoch": epoch, **values}
+            for (run_id, epoch), values in sorted(points.items())]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "epoch"])

@@ -1,0 +1,174 @@
+"""Builds small but real MLflow stores the way `resweep run` writes them (the MLflow
+conventions of the team contract), for the analysis tests.
+
+Experiment = study name (tag mlflow.experimentKind); one parent run per `resweep run`
+(tags resweep.kind=study, resweep.study, resweep.study_hash, resweep.git_commit,
+resweep.version; artifact study.yaml); one nested child run per trial (tag
+mlflow.parentRunId, run name = trial name, tags resweep.kind=trial, resweep.trial_id,
+resweep.name, resweep.seed, resweep.status; params = flattened TrialConfig with dotted keys;
+per-epoch metrics with step = epoch via log_batch; final params/macs; artifacts probes.json
+and trial.json). The numbers are made up with a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from models.config import ModelConfig
+from workers.config import DataConfig, TrainConfig, TrialConfig
+
+MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
+                 "failed": "FAILED", "interrupted": "KILLED"}
+
+
+@dataclass
+class FakeTrial:
+    """One trial to write: its model, seed, final errors (fractions) and outcome."""
+
+    depth: int
+    residual: bool
+    seed: int
+    train_error: float
+    test_error: float
+    shortcut: str = "A"
+    status: str = "finished"
+    epochs: int = 4
+    probes: bool = True
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """TrialConfig.to_dict() -> {"model.depth": "20", ...} (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def trial_config(study: str, fake: FakeTrial) -> TrialConfig:
+    model = ModelConfig(family="cifar", depth=fake.depth, residual=fake.residual,
+                        shortcut=fake.shortcut if fake.residual else "A", width=0.5,
+                        in_channels=1, image_size=28)
+    kind = "resnet" if fake.residual else "plain"
+    shortcut = f"-{model.shortcut}" if fake.residual else ""
+    return TrialConfig(name=f"{kind}-{fake.depth}{shortcut}-w0.5-s{fake.seed}", model=model,
+                       data=DataConfig(train_size=2048, val_size=512, test_size=1024),
+                       train=TrainConfig(epochs=fake.epochs, lr=0.1), seed=fake.seed,
+                       study=study)
+
+
+def fake_probes(depth: int, residual: bool, seed: int) -> dict:
+    """Layer responses: plain ~1 and flat, residual smaller and smaller with depth (Fig. 7).
+    Gradient norms: plain vanish towards the input as depth grows, residual stay flat."""
+    rng = random.Random(depth * 1000 + residual * 100 + seed)
+    blocks = (depth - 2) // 2
+    layers = {"stem.conv": 1.0}
+    for b in range(blocks):
+        for c in (1, 2):
+            base = 0.35 * math.sqrt(20 / depth) if residual else 1.0
+            layers[f"stage{b * 3 // blocks + 1}.block{b}.conv{c}"] = base * (1 + 0.1 * rng.random())
+    grads = {}
+    for b in range(blocks):
+        decay = 1.0 if residual else 0.8 ** (blocks - b)
+        grads[f"block{b}"] = 0.05 * decay * (1 + 0.2 * rng.random())
+    return {"layer_responses": layers, "gradient_norms": grads}
+
+
+def write_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTrial],
+                run_started: str = "20261126-120000", parent_status: str = "FINISHED") -> str:
+    """Write one `resweep run` of `study` with `trials` into the store; returns the parent
+    run id. Calling it again adds another parent run (a rerun) to the same experiment."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        eid = client.create_experiment(
+            study, artifact_location=(root / "artifacts" / study).as_uri(),
+            tags={"mlflow.experimentKind": "custom_model_development"})
+    else:
+        eid = experiment.experiment_id
+    parent = client.create_run(eid, run_name=f"{study}-{run_started}", tags={
+        "resweep.kind": "study", "resweep.study": study, "resweep.study_hash": "0" * 12,
+        "resweep.git_commit": "deadbeef", "resweep.version": "0.1.0"})
+    pid = parent.info.run_id
+    study_file = root / "study-files" / run_started / "study.yaml"  # the artifact's name
+    study_file.parent.mkdir(parents=True, exist_ok=True)
+    study_file.write_text(f"name: {study}\ndesign: grid\nspace:\n  residual: [false, true]\n")
+    client.log_artifact(pid, str(study_file))
+    for fake in trials:
+        _write_trial(client, eid, pid, study, fake, root)
+        time.sleep(0.002)  # distinct start times, as real trials have
+    client.set_terminated(pid, parent_status)
+    return pid
+
+
+def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: FakeTrial,
+                 root: Path) -> None:
+    config = trial_config(study, fake)
+    run = client.create_run(eid, run_name=config.name, tags={
+        "mlflow.parentRunId": pid, "resweep.kind": "trial", "resweep.trial_id": config.trial_id,
+        "resweep.name": config.name, "resweep.seed": str(fake.seed)})
+    rid = run.info.run_id
+    params = flatten({k: v for k, v in config.to_dict().items()})
+    client.log_batch(rid, params=[Param(k, v) for k, v in params.items()])
+    now = int(time.time() * 1000)
+    for epoch in range(1, fake.epochs + 1):
+        client.log_batch(rid, metrics=[Metric(k, v, now + epoch, epoch)
+                                       for k, v in _epoch_metrics(fake, epoch).items()])
+    client.log_batch(rid, metrics=[Metric("params", 1000.0 * fake.depth, now, fake.epochs),
+                                   Metric("macs", 1e5 * fake.depth, now, fake.epochs)])
+    trial_dir = root / "trial-files" / rid
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "trial.json").write_text(json.dumps(config.to_dict()))
+    client.log_artifact(rid, str(trial_dir / "trial.json"))
+    if fake.probes and fake.status == "finished":
+        (trial_dir / "probes.json").write_text(
+            json.dumps(fake_probes(fake.depth, fake.residual, fake.seed)))
+        client.log_artifact(rid, str(trial_dir / "probes.json"))
+    client.set_tag(rid, "resweep.status", fake.status)
+    client.set_terminated(rid, MLFLOW_STATUS[fake.status])
+
+
+def _epoch_metrics(fake: FakeTrial, epoch: int) -> dict[str, float]:
+    """Errors decay from 0.9 to the trial's final values over its epochs."""
+    fraction = 1 - (1 - epoch / fake.epochs) ** 2          # 0 -> 1 at the last epoch
+    train = 0.9 + (fake.train_error - 0.9) * fraction
+    test = 0.9 + (fake.test_error - 0.9) * fraction
+    return {"epoch": float(epoch), "iteration": 16.0 * epoch, "lr": 0.1 / epoch,
+            "train_loss": 2.3 * train, "train_error": train, "val_loss": 2.3 * test,
+            "val_error": test, "test_loss": 2.3 * test, "test_error": test,
+            "images_per_s": 900.0, "elapsed_s": 3.0 * epoch}
+
+
+def degradation_trials(seeds: int = 3, noise: float = 0.004, shortcuts: tuple = ("A",),
+                       depths: tuple = (8, 14, 20), probes: bool = True,
+                       train_error: Callable[[bool, int], float] | None = None) -> list[FakeTrial]:
+    """A degradation study with a known answer: plain training error 10% at depth 8,
+    10.2% at 14 (within noise) and 16% at 20 (onset at 20); residual nets 9.5%, 9%, 8.5%."""
+    def default_error(residual: bool, depth: int) -> float:
+        plain = {8: 0.10, 14: 0.102, 20: 0.16, 26: 0.2}
+        resnet = {8: 0.095, 14: 0.09, 20: 0.085, 26: 0.083}
+        return (resnet if residual else plain)[depth]
+    error = train_error or default_error
+    rng = random.Random(7)
+    trials = []
+    for residual in (False, True):
+        for depth in depths:
+            for shortcut in (shortcuts if residual else ("A",)):
+                offset = {"A": 0.0, "B": -0.002, "C": -0.003}[shortcut]
+                for seed in range(seeds):
+                    train = error(residual, depth) + offset + rng.uniform(-noise, noise)
+                    trials.append(FakeTrial(depth, residual, seed, train, train + 0.03,
+                                            shortcut=shortcut, probes=probes))
+    return trials
