@@ -1,13 +1,98 @@
-"""`resweep run` (not implemented yet)."""
+"""`resweep run STUDY`: run a study's trials on Ray Tune and record them in MLflow."""
 
-HELP = "(not implemented yet)"
-DESCRIPTION = HELP
+from __future__ import annotations
+
+HELP = "run a study's trials on Ray Tune, tracked in MLflow (resumable)"
+DESCRIPTION = """\
+Run every trial of a study (grid, ablation) or an Optuna search over its space, on an
+embedded local Ray sized to this machine or on a Ray cluster (--address), and record
+each trial as a nested MLflow run under one parent run per invocation.
+
+Defaults: MLflow store sqlite:///$PWD/mlflow.db (or $MLFLOW_TRACKING_URI), Ray results
+and checkpoints under ./ray_results.
+
+Nothing is lost: rerunning the same command (or adding --resume) skips trials that are
+already done in the study's MLflow experiment and continues interrupted ones from their
+last checkpoint, so an extended study runs only its new cells. A trial whose worker dies
+is restarted from its checkpoint (up to --max-failures times).
+
+exit status: 0 every trial ran (finished, diverged or stopped early), 1 some trials
+failed (listed), 2 invalid input, 130 interrupted (resumable)
+
+examples:
+  resweep run search_spaces/degradation-quick.yaml
+  resweep run study.yaml --set repeats=3 --max-concurrent 2
+  RAY_AUTH_MODE=token resweep run study.yaml --address auto \\
+      --tracking-uri http://127.0.0.1:5000 --storage /shared/ray_results
+"""
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.add_argument("study", metavar="STUDY", help="the study file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a study field, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument("--address", metavar="auto|HOST:PORT",
+                        help="run on an existing Ray cluster (`ray start --head`); export "
+                             "RAY_AUTH_MODE=token if the cluster uses token auth "
+                             "(default: an embedded local Ray)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                             "sqlite:///$PWD/mlflow.db)")
+    parser.add_argument("--storage", metavar="PATH|URI",
+                        help="Ray results and checkpoints (default ./ray_results); on a "
+                             "cluster, a path every node shares or an object-store URI")
+    parser.add_argument("--max-concurrent", type=_positive_int, metavar="N",
+                        help="at most N trials at a time (default: as many as the "
+                             "resources allow, or the study's search.max_concurrent)")
+    parser.add_argument("--max-failures", type=_non_negative_int, default=2, metavar="N",
+                        help="restarts of a trial whose worker dies (default 2)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an earlier, interrupted run of the study (a plain "
+                             "rerun does the same; --resume refuses a study never run)")
+    parser.add_argument("--ship-code", action="store_true",
+                        help="with --address: send this checkout's packages to the cluster "
+                             "as a runtime environment (when the nodes do not have resweep "
+                             "installed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (trials, cost) and exit")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no live progress; print only the summary and errors")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; a number of trials >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {value}; a count >= 0")
+    return value
 
 
 def main(args) -> int:
-    print("resweep run: not implemented yet")
-    return 1
+    if args.dry_run:
+        return _dry_run(args)
+    from orchestrator.study_run import RunOptions, run_study
+
+    options = RunOptions(study_path=args.study, overrides=list(args.overrides),
+                         address=args.address, tracking_uri=args.tracking_uri,
+                         storage=args.storage, max_concurrent=args.max_concurrent,
+                         max_failures=args.max_failures, resume=args.resume,
+                         quiet=args.quiet, ship_code=args.ship_code)
+    return run_study(options)
+
+
+def _dry_run(args) -> int:
+    """The plan, as `resweep plan` prints it (the studies engineer's code)."""
+    from orchestrator.commands import plan
+
+    return plan.main(args)

@@ -1,0 +1,135 @@
+"""Live progress of a study: done / running / pending / failed, best so far, ETA.
+
+`ProgressDisplay` is a Tune callback in the driver. On a terminal it rewrites one status
+line (at most twice a second); otherwise (CI logs, files) it prints a line whenever the
+counts change, and at least every 30 s. `--quiet` turns it off.
+
+The ETA counts epochs: remaining epochs of all trials / epochs finished per second so far
+in this run (trials running in parallel raise that rate).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from ray.tune import Callback
+
+from orchestrator.tune_callbacks import end_status, metric_value
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes \
+        else f"{secs}s"
+
+
+class ProgressDisplay(Callback):
+    """See module docstring. total: trials this run will start; epochs_per_trial: the
+    planned length of each (None where only iterations are known: ETA by trials)."""
+
+    def __init__(self, total: int, epochs_per_trial: int | None, metric: str, mode: str,
+                 stream: TextIO | None = None, already_done: int = 0):
+        self.total = total
+        self.epochs_per_trial = epochs_per_trial or 1
+        self.count_epochs = epochs_per_trial is not None
+        self.metric, self.mode = metric, mode
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.already_done = already_done
+        self.started_at = time.monotonic()
+        self.status: dict[str, str] = {}   # Tune trial id -> running|finished|...|failed
+        self.epochs: dict[str, int] = {}   # Tune trial id -> epochs done
+        self.epochs_this_run = 0
+        self.best: tuple[float, str] | None = None
+        self._last_counts: dict[str, int] | None = None
+        self._last_print = 0.0
+
+    # Tune hooks ---------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.status[trial.trial_id] = "running"
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        before = self.epochs.get(trial.trial_id)
+        if before is not None and epoch > before:
+            self.epochs_this_run += epoch - before
+        elif before is None:
+            self.epochs_this_run += 1  # first result seen here (maybe a resumed trial)
+        self.epochs[trial.trial_id] = epoch
+        value = metric_value(result, self.metric)
+        if value is not None and (self.best is None or self._better(value, self.best[0])):
+            self.best = (value, trial.config["trial"]["name"])
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.status[trial.trial_id] = end_status(trial.last_result or {})
+        self._show(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.status[trial.trial_id] = "failed"
+        self._show(force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._show()
+
+    def on_experiment_end(self, trials, **info):
+        self._show(force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    # display ------------------------------------------------------------------------
+    def _better(self, value: float, best: float) -> bool:
+        return value < best if self.mode == "min" else value > best
+
+    def counts(self) -> dict[str, int]:
+        statuses = list(self.status.values())
+        done = sum(s in ("finished", "diverged", "stopped") for s in statuses)
+        running = statuses.count("running")
+        failed = statuses.count("failed")
+        return {"done": done, "running": running, "failed": failed,
+                "pending": max(0, self.total - done - running - failed)}
+
+    def eta_seconds(self) -> float | None:
+        elapsed = time.monotonic() - self.started_at
+        if self.epochs_this_run == 0 or elapsed <= 0:
+            return None
+        finished = {k for k, s in self.status.items() if s != "running"}
+        done_epochs = sum(self.epochs_per_trial if k in finished else
+                          min(self.epochs.get(k, 0), self.epochs_per_trial)
+                          for k in self.status)
+        remaining = self.total * self.epochs_per_trial - done_epochs
+        return remaining / (self.epochs_this_run / elapsed)
+
+    def line(self) -> str:
+        c = self.counts()
+        parts = [f"[{format_duration(time.monotonic() - self.started_at)}]",
+                 f"done {c['done']}/{self.total}", f"running {c['running']}",
+                 f"pending {c['pending']}", f"failed {c['failed']}"]
+        if self.already_done:
+            parts.append(f"(+{self.already_done} done earlier)")
+        if self.best is not None:
+            parts.append(f"| best {self.metric} {self.best[0]:.4f} ({self.best[1]})")
+        eta = self.eta_seconds()
+        if eta is not None and c["done"] + c["failed"] < self.total:
+            parts.append(f"| ETA {format_duration(eta)}")
+        return " ".join(parts)
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        line = self.line()
+        if self.tty:
+            if force or now - self._last_print >= 0.5:
+                self.stream.write("\r\033[K" + line)
+                self.stream.flush()
+                self._last_print = now
+            return
+        counts = self.counts()
+        if counts != self._last_counts or now - self._last_print >= 30:
+            print(line, file=self.stream, flush=True)
+            self._last_counts, self._last_print = counts, now

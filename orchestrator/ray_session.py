@@ -1,0 +1,112 @@
+"""Where trials run: an embedded local Ray sized to this machine, or an existing cluster.
+
+`ray_session(address=None)` starts a private local Ray (all cores, no dashboard) and shuts
+it down afterwards; `ray_session("auto" | "HOST:PORT")` connects to a cluster started with
+`ray start --head` and leaves it running. A Ray that is already initialised in this process
+(a test fixture, a notebook) is used as it is and left running.
+
+The code reaches the workers in one of two ways: installed on every node (the image of the
+cluster stack, or `pip install -e .` on a shared file system), or shipped with the job as a
+runtime environment (`ship_code=True`: the project's packages as `py_modules`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from models.errors import ConfigError
+
+# The packages a trial imports; shipped as py_modules with --ship-code.
+PROJECT_PACKAGES = ("models", "workers", "search_spaces", "orchestrator")
+
+# Environment every trial process gets, whatever the cluster's defaults:
+# - Tune would chdir into the trial folder; relative data paths must keep working.
+WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """What the run command needs to know about the Ray it got."""
+
+    address: str | None      # None: embedded local Ray
+    started_here: bool       # we started it, so we stop it
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        where = "embedded local Ray" if self.address is None else f"Ray cluster at {self.address}"
+        return f"{where} ({self.cpus:g} CPUs, {self.gpus:g} GPUs)"
+
+
+def runtime_env(ship_code: bool) -> dict:
+    """The job's runtime environment: worker env vars, and the code if it is shipped."""
+    env: dict = {"env_vars": dict(WORKER_ENV)}
+    if ship_code:
+        import importlib
+
+        env["py_modules"] = [str(Path(importlib.import_module(name).__file__).parent)
+                             for name in PROJECT_PACKAGES]
+    return env
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None,
+                log_to_driver: bool = False, ship_code: bool = False) -> Iterator[RaySession]:
+    """Start or connect to Ray for one `resweep run`, and clean up what was started here.
+
+    log_to_driver is off by default: trial output would tear the progress display; each
+    trial's output stays in Ray's session logs (/tmp/ray/session_latest/logs) and failed
+    trials' errors are reported by the run command.
+    """
+    import ray
+
+    # Worker env vars also in our own environment: a local Ray's workers inherit it, so
+    # they hold even for a Ray initialised before us (tests).
+    os.environ.update(WORKER_ENV)
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+        yield RaySession(address, False, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        return
+
+    kwargs = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    if address is None:
+        # Embedded: every core of this machine, no dashboard (it costs a process and ~1 s).
+        # Its workers inherit our environment and import the code we import: no runtime env.
+        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+    else:
+        kwargs.update(runtime_env=runtime_env(ship_code))
+        if num_cpus is not None:
+            raise ConfigError("--num-cpus: only for the embedded local Ray; a cluster's "
+                              "size is set by `ray start` on its nodes")
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as err:
+        raise ConfigError(_connect_hint(address, err)) from None
+    except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
+        if address is None:
+            raise
+        raise ConfigError(_connect_hint(address, err)) from None
+    try:
+        resources = ray.cluster_resources()
+        yield RaySession(address, True, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+    finally:
+        ray.shutdown()
+
+
+def _connect_hint(address: str, err: Exception) -> str:
+    auth = os.environ.get("RAY_AUTH_MODE")
+    lines = [f"--address: cannot connect to a Ray cluster at {address!r}: "
+             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+             "start one with `RAY_AUTH_MODE=token ray start --head --port 6379` and pass "
+             "--address auto (same machine) or --address HOST:6379"]
+    if auth != "token":
+        lines.append("if the cluster uses token authentication, export RAY_AUTH_MODE=token "
+                     f"here too (it is {auth!r}) and make the token available "
+                     "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""MLflow bookkeeping of a study: experiment, one parent run per `resweep run`, one child
+run per trial, batched metric logging, and which trials are already done.
+
+Conventions (README "MLflow conventions"; `analysis` reads them back):
+- experiment = study name, tagged mlflow.experimentKind=custom_model_development;
+- parent run "<study>-<YYYYmmdd-HHMMSS>": tags resweep.kind=study, resweep.study,
+  resweep.study_hash, resweep.git_commit, resweep.version; artifact study.yaml;
+- child run per trial, named after it, nested (mlflow.parentRunId): tags resweep.kind=trial,
+  resweep.trial_id, resweep.name, resweep.seed, resweep.status; params = the flattened
+  TrialConfig; metrics step = epoch; artifacts trial.json and probes.json.
+
+Only the driver writes (one process, so a SQLite store has a single writer); every
+per-epoch result is one `log_batch` request.
+
+Reruns (a killed driver, `--resume`, an extended study) follow these rules:
+- a trial whose trial_id has a child run with resweep.status in DONE_STATUSES is skipped;
+- a trial whose latest child run was interrupted (left RUNNING by a killed driver, or
+  KILLED by Ctrl-C) and whose last checkpoint still exists is *continued in that run*: it
+  resumes from the checkpoint, logs only the epochs after it and moves under the current
+  parent, so each trial keeps its whole history in one run;
+- otherwise (failed, or no checkpoint left) the old run is closed (KILLED, interrupted) if
+  still open and the trial starts afresh in a new child run;
+- the parent run is reused when the previous `resweep run` of the same study did not
+  finish (same study file, same --set); otherwise a new parent is made and an unfinished earlier
+  one is closed as KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from models.errors import ConfigError
+from workers.config import TrialConfig
+
+DONE_STATUSES = ("finished", "diverged", "stopped")
+# resweep.status -> MLflow run status (contract).
+MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
+                 "failed": "FAILED", "interrupted": "KILLED"}
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+PARENT_TAG = "mlflow.parentRunId"
+# MLflow's limits per log_batch request (1000 metrics, 100 params, 100 tags).
+MAX_PARAMS_PER_BATCH = 100
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else an SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI, else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    """{"model": {"depth": 20}} -> {"model.depth": "20"}: one MLflow param per field."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            flatten(f"{prefix}.{key}" if prefix else key, inner, out)
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def trial_params(trial: TrialConfig) -> dict[str, str]:
+    """The flattened TrialConfig (model.depth, train.lr, seed, ...) as MLflow params."""
+    return flatten("", trial.to_dict(), {})
+
+
+def git_commit() -> str:
+    """The commit of the resweep checkout this runs from, or "unknown"."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def open_client(tracking_uri: str):
+    """A client on the store, created and upgraded now, before any trial writes.
+
+    For SQLite this runs MLflow's migrations once in this process (several processes
+    migrating a fresh store at once fail). A tracking server that does not answer is a
+    ConfigError naming the URI."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.search_experiments(max_results=1)  # creates/upgrades the schema, or connects
+    except Exception as err:  # noqa: BLE001 - MLflow raises many types for a bad store
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--tracking-uri: cannot open the MLflow store {tracking_uri!r}: "
+                          f"{first[:300]}") from None
+    return client
+
+
+@dataclass
+class ChildRun:
+    """What an earlier `resweep run` left for one trial_id (the newest child run)."""
+
+    run_id: str
+    status: str              # resweep.status
+    mlflow_status: str       # RUNNING, FINISHED, FAILED, KILLED
+    checkpoint: str | None   # resweep.checkpoint: the last checkpoint logged with its epoch
+    last_epoch: int          # resweep.last_epoch: the last epoch whose metrics are logged
+    search_params: dict | None = None      # resweep.search_params: Optuna's proposal
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+
+
+@dataclass
+class StudyTracker:
+    """The MLflow side of one `resweep run` (driver only).
+
+    `open` finds (or creates) the study's experiment and reads what earlier runs left;
+    `start_study` makes or reuses the parent run, once there is something to run."""
+
+    client: Any
+    tracking_uri: str
+    experiment_id: str
+    earlier: dict[str, ChildRun] = field(default_factory=dict)  # trial_id -> newest child
+    parent_run_id: str | None = None
+    parent_run_name: str | None = None
+    reused_parent: bool = False
+
+    # ---- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, tracking_uri: str, study_name: str) -> "StudyTracker":
+        """The study's experiment (created if missing) and its earlier child runs."""
+        client = open_client(tracking_uri)
+        experiment = client.get_experiment_by_name(study_name)
+        if experiment is None:
+            artifact_location = None
+            db = sqlite_path(tracking_uri)
+            if db is not None:  # next to the database, where `make clean` looks
+                artifact_location = (db.parent.resolve() / "mlartifacts").as_uri()
+            experiment_id = client.create_experiment(
+                study_name, artifact_location=artifact_location,
+                tags=dict([EXPERIMENT_KIND_TAG]))
+        elif experiment.lifecycle_stage != "active":
+            raise ConfigError(
+                f"study name {study_name!r}: its MLflow experiment is deleted in "
+                f"{tracking_uri}; restore it (`mlflow experiments restore`) or rename the study")
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
+                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
+        tracker = cls(client, tracking_uri, experiment_id)
+        tracker.earlier = tracker._earlier_children()
+        return tracker
+
+    def start_study(self, study_name: str, *, study_hash: str, study_text: str,
+                    version: str, extra_tags: dict[str, str] | None = None) -> None:
+        """The parent run: the previous one if it did not finish and ran the same study
+        (study_hash covers the file and the --set overrides), else a new one (an earlier
+        parent left RUNNING by a killed driver is closed)."""
+        from mlflow.entities import ViewType
+
+        parents = _search(self.client, self.experiment_id, "tags.`resweep.kind` = 'study'",
+                          ViewType.ACTIVE_ONLY, order_by=["attributes.start_time DESC"])
+        latest = parents[0] if parents else None
+        if (latest is not None and latest.info.status in ("RUNNING", "KILLED")
+                and latest.data.tags.get("resweep.study_hash") == study_hash):
+            self.parent_run_id, self.parent_run_name = latest.info.run_id, latest.info.run_name
+            self.reused_parent = True
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.client.set_tag(self.parent_run_id, "resweep.status", "running")
+            return
+        if latest is not None and latest.info.status == "RUNNING":
+            # A driver that was killed: its run can never finish now.
+            self.client.set_tag(latest.info.run_id, "resweep.status", "interrupted")
+            self.client.set_terminated(latest.info.run_id, status="KILLED")
+        self.parent_run_name = f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {"resweep.kind": "study", "resweep.study": study_name,
+                "resweep.study_hash": study_hash,
+                "resweep.git_commit": git_commit(), "resweep.version": version,
+                "resweep.status": "running", **(extra_tags or {})}
+        self.parent_run_id = self.client.create_run(
+            self.experiment_id, run_name=self.parent_run_name, tags=tags).info.run_id
+        self.client.log_text(self.parent_run_id, study_text, "study.yaml")
+
+    def _earlier_children(self) -> dict[str, ChildRun]:
+        from mlflow.entities import ViewType
+
+        runs = _search(self.client, self.experiment_id, "tags.`resweep.kind` = 'trial'",
+                       ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
+        earlier: dict[str, ChildRun] = {}
+        for run in runs:  # oldest first: a done run wins, else the newest one
+            tags = run.data.tags
+            trial_id = tags.get("resweep.trial_id")
+            if not trial_id:
+                continue
+            known = earlier.get(trial_id)
+            if known is not None and known.status in DONE_STATUSES:
+                continue
+            search_params = tags.get("resweep.search_params")
+            earlier[trial_id] = ChildRun(
+                run.info.run_id, tags.get("resweep.status", "running"), run.info.status,
+                tags.get("resweep.checkpoint"), int(tags.get("resweep.last_epoch", "0")),
+                json.loads(search_params) if search_params else None, dict(run.data.metrics))
+        return earlier
+
+    def done_trial_ids(self) -> set[str]:
+        return {tid for tid, run in self.earlier.items() if run.status in DONE_STATUSES}
+
+    # ---- child runs ----------------------------------------------------------------
+    def resumable(self, trial_id: str) -> ChildRun | None:
+        """The interrupted run this trial continues in, if its checkpoint still exists."""
+        run = self.earlier.get(trial_id)
+        if run is None or run.status not in ("running", "interrupted"):
+            return None
+        if run.checkpoint and checkpoint_exists(run.checkpoint):
+            return run
+        return None
+
+    def start_trial(self, trial: TrialConfig, extra_tags: dict[str, str] | None = None
+                    ) -> tuple[str, int]:
+        """The child run a trial logs to, and the last epoch already in it.
+
+        Continues an interrupted run that has a checkpoint (see module docstring), else
+        closes any open earlier run and creates a new one with params and trial.json."""
+        from mlflow.entities import Param, RunTag
+
+        tags = {"resweep.kind": "trial", "resweep.trial_id": trial.trial_id,
+                "resweep.name": trial.name, "resweep.seed": str(trial.seed),
+                "resweep.study": trial.study, "resweep.status": "running",
+                PARENT_TAG: self.parent_run_id, **(extra_tags or {})}
+        earlier = self.resumable(trial.trial_id)
+        if earlier is not None:
+            self.client.update_run(earlier.run_id, status="RUNNING")
+            self.client.log_batch(earlier.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.earlier.pop(trial.trial_id)
+            return earlier.run_id, earlier.last_epoch
+
+        stale = self.earlier.pop(trial.trial_id, None)
+        if stale is not None and stale.mlflow_status == "RUNNING":
+            self.client.set_tag(stale.run_id, "resweep.status", "interrupted")
+            self.client.set_terminated(stale.run_id, status="KILLED")
+        run_id = self.client.create_run(self.experiment_id, run_name=trial.name,
+                                        tags=tags).info.run_id
+        params = [Param(k, v) for k, v in trial_params(trial).items()]
+        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
+        self.client.log_dict(run_id, trial.to_dict(), "trial.json")
+        return run_id, 0
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], step: int,
+                  tags: dict[str, str]) -> None:
+        """One result of a trial: its scalar metrics at step=epoch and tags, one request."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def end_trial(self, run_id: str, status: str, *, probes: dict | None = None,
+                  tags: dict[str, str] | None = None, error: str | None = None) -> None:
+        """Close a child run: resweep.status, artifacts, MLflow status per the contract."""
+        from mlflow.entities import RunTag
+
+        if probes:
+            self.client.log_dict(run_id, probes, "probes.json")
+        if error:
+            self.client.log_text(run_id, error, "error.txt")
+        all_tags = {"resweep.status": status, **(tags or {})}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
+
+    # ---- the parent ----------------------------------------------------------------
+    def end_study(self, status: str, tags: dict[str, str]) -> None:
+        """Close the parent run: finished (FINISHED), failed (FAILED), interrupted (KILLED)."""
+        from mlflow.entities import RunTag
+
+        all_tags = {"resweep.status": status, **tags}
+        self.client.log_batch(self.parent_run_id,
+                              tags=[RunTag(k, v) for k, v in all_tags.items()])
+        self.client.set_terminated(self.parent_run_id, status=MLFLOW_STATUS[status])
+
+
+def checkpoint_exists(path: str) -> bool:
+    """Whether a checkpoint directory (local path or storage URI) is still there."""
+    import pyarrow.fs
+
+    try:
+        fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    except (pyarrow.ArrowInvalid, ValueError):
+        fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(path)
+    try:
+        return fs.get_file_info(fs_path).type == pyarrow.fs.FileType.Directory
+    except OSError:
+        return False
+
+
+def _search(client, experiment_id: str, filter_string: str, view_type,
+            order_by: list[str] | None = None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  run_view_type=view_type, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs

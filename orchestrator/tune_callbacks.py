@@ -1,0 +1,155 @@
+"""Driver-side Tune callbacks: every trial result goes to MLflow from here.
+
+Workers never talk to MLflow: they `tune.report` per epoch, and `MlflowTrialLogger`
+(running in the driver) turns each result into one `log_batch` request on the trial's
+child run. A trial restarted after its worker died, or continued after a killed driver,
+resumes from its last checkpoint; results at or below the last logged epoch are dropped
+(and counted), so MLflow never holds an epoch twice.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from orchestrator.tracking import StudyTracker
+from workers.config import TrialConfig
+
+# Keys Tune adds to every result; the rest of a result is what the worker reported.
+TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {
+    "done", "trial_id", "should_checkpoint", "experiment_tag", "timesteps_total",
+    "episodes_total", "training_iteration", "time_this_iter_s", "time_total_s"}
+# Worker keys that are not per-epoch scalars: handled on their own.
+NON_METRIC_KEYS = {"status", "probes"}
+
+
+@dataclass
+class Outcome:
+    """How a trial ended, for the summary and the exit status."""
+
+    name: str
+    trial_id: str
+    status: str                 # finished | diverged | stopped | failed
+    run_id: str | None
+    value: float | None = None  # the study metric in the trial's last result
+    error: str | None = None
+
+
+def trial_config_of(trial) -> TrialConfig:
+    """The TrialConfig a Tune trial runs (its config carries it as a dict)."""
+    return TrialConfig.from_dict(trial.config["trial"])
+
+
+def end_status(last_result: dict) -> str:
+    """finished/diverged from the worker's last report; no final status means a scheduler
+    stopped the trial early."""
+    status = last_result.get("status")
+    return status if status in ("finished", "diverged") else "stopped"
+
+
+def scalar_metrics(result: dict) -> dict[str, float]:
+    """The worker's numeric scalars in a result (booleans, strings, dicts left out)."""
+    return {key: value for key, value in result.items()
+            if key not in TUNE_KEYS and key not in NON_METRIC_KEYS
+            and isinstance(value, numbers.Real) and not isinstance(value, bool)}
+
+
+def metric_value(result: dict, metric: str | None) -> float | None:
+    value = result.get(metric) if metric else None
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class MlflowTrialLogger(Callback):
+    """Logs trials to their MLflow child runs (see module docstring).
+
+    storage_root: the Tune storage path as given (local directory or URI); checkpoint
+    locations are recorded under it so a later `resweep run` can resume from them.
+    """
+
+    def __init__(self, tracker: StudyTracker, storage_root: str, metric: str | None = None):
+        self.tracker = tracker
+        self.storage_root = storage_root.rstrip("/")
+        self.metric = metric
+        self.runs: dict[str, str] = {}          # Tune trial id -> MLflow run id
+        self.last_epoch: dict[str, int] = {}    # Tune trial id -> last epoch in MLflow
+        self.dropped: dict[str, int] = {}       # Tune trial id -> duplicate results dropped
+        self.outcomes: dict[str, Outcome] = {}  # Tune trial id -> how it ended
+
+    # Tune hooks -------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:  # a restart after a worker died: same run
+            return
+        config = trial_config_of(trial)
+        tags = {"resweep.tune_trial": trial.trial_id}
+        if "search_params" in trial.config:
+            tags["resweep.search_params"] = _json(trial.config["search_params"])
+        run_id, last_epoch = self.tracker.start_trial(config, tags)
+        self.runs[trial.trial_id] = run_id
+        self.last_epoch[trial.trial_id] = last_epoch
+        self.dropped[trial.trial_id] = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self.last_epoch[trial.trial_id]:
+            self.dropped[trial.trial_id] += 1
+            return
+        tags = {"resweep.last_epoch": str(epoch)}
+        checkpoint_dir = result.get("checkpoint_dir_name")
+        if checkpoint_dir:
+            tags["resweep.checkpoint"] = "/".join(
+                (self.storage_root, trial.storage.experiment_dir_name,
+                 trial.storage.trial_dir_name, checkpoint_dir))
+        self.tracker.log_epoch(run_id, scalar_metrics(result), epoch, tags)
+        self.last_epoch[trial.trial_id] = epoch
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self.tracker.client.set_tag(run_id, "resweep.worker_failures",
+                                        str(trial.num_failures))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status = end_status(last)
+        self._end(trial, status, probes=last.get("probes"),
+                  value=metric_value(last, self.metric))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_error() or "the trial failed (no error text recorded)"
+        self._end(trial, "failed", error=str(error),
+                  value=metric_value(trial.last_result or {}, self.metric))
+
+    # helpers ------------------------------------------------------------------------
+    def _end(self, trial, status: str, *, probes=None, value=None, error=None) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        config = trial_config_of(trial)
+        if run_id is not None:
+            tags = {"resweep.worker_failures": str(trial.num_failures),
+                    "resweep.duplicate_results": str(self.dropped[trial.trial_id])}
+            if status == "diverged":
+                tags["resweep.diverged_epoch"] = str(self.last_epoch[trial.trial_id])
+            if error:
+                tags["resweep.error"] = _last_line(error)[:500]
+            self.tracker.end_trial(run_id, status, probes=probes, tags=tags, error=error)
+        self.outcomes[trial.trial_id] = Outcome(config.name, config.trial_id, status, run_id,
+                                                value, _last_line(error) if error else None)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
