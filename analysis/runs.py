@@ -113,7 +113,7 @@ def find_experiment(client: MlflowClient, study: str, tracking_uri: str):
     """The study's experiment, or a ConfigError naming the store and what is in it."""
     experiment = client.get_experiment_by_name(study)
     if experiment is None or experiment.lifecycle_stage != "active":
-        names = sorted(e.name for e in _all_experiments(client))
+        names = sorted(e.name for e in list_experiments(client))
         raise ConfigError(
             f"STUDY: no experiment named {study!r} in the MLflow store {tracking_uri}; "
             f"experiments there: {names or 'none'}. Run `resweep run` on the study first, "
@@ -121,7 +121,7 @@ def find_experiment(client: MlflowClient, study: str, tracking_uri: str):
     return experiment
 
 
-def _all_experiments(client: MlflowClient) -> list:
+def list_experiments(client: MlflowClient) -> list:
     out, token = [], None
     while True:
         page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)

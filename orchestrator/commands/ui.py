@@ -1,13 +1,81 @@
-"""`resweep ui` (not implemented yet)."""
+"""`resweep ui`: MLflow's UI on the study store, opened at the training-runs view."""
 
-HELP = "(not implemented yet)"
-DESCRIPTION = HELP
+from __future__ import annotations
+
+HELP = "browse the runs in MLflow's UI (127.0.0.1)"
+DESCRIPTION = """\
+Start MLflow's UI (`mlflow server`) on the study store, bound to 127.0.0.1, and print the
+address of each study's runs table, where trials are nested under their `resweep run`.
+Stop it with Ctrl-C.
+
+MLflow 3 opens on a GenAI overview by default; the printed address
+(/#/experiments/<id>/runs?workflowType=machine_learning) goes straight to the training
+runs. There: Columns -> add params model.depth, model.residual, model.shortcut; Group by a
+param; the chart view plots train_error against epoch for the selected runs.
+
+With an http(s) --tracking-uri the server already exists: only the addresses are printed.
+"""
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.add_argument("--tracking-uri", metavar="URI", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///./mlflow.db)")
+    parser.add_argument("--port", type=int, default=5000, metavar="N",
+                        help="port on 127.0.0.1 (default: 5000)")
+    parser.add_argument("--study", metavar="NAME", default=None,
+                        help="print only this study's address (default: every study in the "
+                             "store)")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does
 
 
 def main(args) -> int:
-    print("resweep ui: not implemented yet")
-    return 1
+    import signal
+    import sys
+
+    from analysis.report import runs_view_url
+    from analysis.runs import (list_experiments, default_tracking_uri, find_experiment,
+                               open_store, resolve_study)
+    from analysis.server import start_ui
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    client = open_store(tracking_uri)
+    if args.study:
+        experiments = [find_experiment(client, resolve_study(args.study)[0], tracking_uri)]
+    else:
+        experiments = [e for e in list_experiments(client) if e.name != "Default"] or \
+            list_experiments(client)
+
+    if tracking_uri.startswith(("http://", "https://")):
+        _print_addresses(tracking_uri.rstrip("/"), experiments, runs_view_url)
+        return 0
+
+    print(f"resweep ui: starting MLflow on {tracking_uri} ...", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server = start_ui(tracking_uri, args.port)
+    except RuntimeError as err:
+        print(f"resweep ui: error: {err}", file=sys.stderr)
+        return 1
+    try:
+        _print_addresses(server.base_url, experiments, runs_view_url)
+        print(f"(MLflow UI at {server.base_url}; Ctrl-C to stop; server log: "
+              f"{server.log_path})", flush=True)
+        status = server.process.wait()
+        print(f"resweep ui: mlflow server exited with status {status}:\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resweep ui: stopping MLflow", flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def _print_addresses(base_url: str, experiments, runs_view_url) -> None:
+    for experiment in experiments:
+        print(f"{experiment.name}: {runs_view_url(base_url, experiment.experiment_id)}",
+              flush=True)
