@@ -11,9 +11,13 @@ Public API::
 """
 
 from models.build import build_model, count_params
+from models.complexity import count_macs
 from models.config import ModelConfig
 from models.errors import ConfigError
+from models.probes import gradient_norms, layer_responses
+from models.torchvision_compat import load_torchvision_state_dict
 from models.validation import validate_model_config
 
-__all__ = ["ConfigError", "ModelConfig", "build_model", "count_params",
+__all__ = ["ConfigError", "ModelConfig", "build_model", "count_macs", "count_params",
+           "gradient_norms", "layer_responses", "load_torchvision_state_dict",
            "validate_model_config"]

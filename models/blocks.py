@@ -104,7 +104,13 @@ def scaled(channels: int, width: float) -> int:
 
 
 def init_conv_net(model: nn.Module) -> None:
-    """He init for convs (torchvision's choice: fan_out, ReLU); BN to identity."""
+    """He init for convs (torchvision's choice: fan_out, ReLU); BN to identity.
+
+    Skipped on the meta device: there is no data to fill, and meta-device random fills
+    are slow (study expansion builds every trial's model there).
+    """
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
