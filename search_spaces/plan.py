@@ -1,0 +1,218 @@
+"""`plan_study(study)`: what a study would run and what it would cost, as plain data.
+
+Used by `resweep plan` (and `resweep run --dry-run`). Nothing is trained: grid and
+ablation studies list their expanded trials; a search study lists `num_samples` random
+proposals drawn from its space (a stand-in for what the sampler will propose; with a
+scheduler many stop early, so the total is an upper bound). Times come from
+`search_spaces.cost`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+from search_spaces.cost import (Calibration, calibrate, estimate, gpu_calibration,
+                                wall_seconds)
+from search_spaces.expand import format_value
+from search_spaces.search import InfeasibleParams, search_space, trial_from_params
+from search_spaces.study import Study, expand_study
+from workers.config import TrialConfig
+
+_SEARCH_DRAW_ATTEMPTS = 50  # proposals tried per sample before giving up on a feasible one
+
+
+def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
+               refresh_calibration: bool = False) -> dict[str, Any]:
+    """The plan as JSON-ready data: trials, totals and the cost model used."""
+    trials, cells, note = _trials_of(study)
+    uses_gpu = study.resources.gpu > 0
+    calibrations: dict[str, Calibration] = {}
+    rows = []
+    measured: dict[tuple, Calibration] = {}  # refresh each (device, threads) only once
+    for trial, cell in zip(trials, cells):
+        stats = study.model_stats(trial.model)
+        key = ("gpu", trial.train.cuda_graph, trial.train.precision) if uses_gpu else \
+            ("cpu", _threads(trial))
+        if key not in measured:
+            measured[key] = gpu_calibration(trial, refresh_calibration) if uses_gpu else \
+                calibrate("cpu", key[1], refresh_calibration)
+        calibration = measured[key]
+        calibrations[f"{calibration.device}/threads={calibration.threads}"] = calibration
+        cost = estimate(trial, stats.macs, calibration)
+        rows.append({
+            "name": trial.name, "trial_id": trial.trial_id, "seed": trial.seed,
+            "params": cell, "param_count": stats.params, "macs": stats.macs,
+            "iterations": cost.iterations, "epochs": cost.epochs,
+            "train_images": cost.train_images, "eval_images": cost.eval_images,
+            "est_seconds": round(cost.seconds, 1),
+            "device_share": _share_text(study),
+            "config": trial.to_dict()})
+    slots, machine = _slots(study, cpus, gpus)
+    wall = wall_seconds([r["est_seconds"] for r in rows], slots)
+    device_hours = sum(r["est_seconds"] for r in rows) / 3600 * (
+        study.resources.gpu if uses_gpu else study.resources.cpu)
+    totals = {"trials": len(rows),
+              "cpu_hours": 0.0 if uses_gpu else round(device_hours, 3),
+              "gpu_hours": round(device_hours, 3) if uses_gpu else 0.0,
+              "wall_seconds": round(wall, 1), "concurrency": slots, **machine}
+    plan = {"study": study.name, "source": study.source_path,
+            "source_hash": study.source_hash, "design": study.design,
+            "description": study.description,
+            "resources": study.resources.to_dict(), "varied": [k.text for k in
+                                                                study.varied_keys],
+            "trials": rows, "totals": totals,
+            "cost_model": {
+                "formula": "seconds = startup + (3 x MACs x trained images + MACs x "
+                           "evaluated images) / (MACs per second)",
+                "startup_seconds": 5.0,
+                "calibrations": [vars(c) for c in calibrations.values()]}}
+    if note:
+        plan["note"] = note
+    if study.search is not None:
+        plan["search"] = {**study.search.model_dump(), "space": search_space(study)}
+    return plan
+
+
+def _threads(trial: TrialConfig) -> int:
+    if trial.train.threads:
+        return trial.train.threads
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _share_text(study: Study) -> str:
+    gpu = study.resources.gpu
+    if gpu > 0:
+        if gpu < 1:
+            n = 1 / gpu
+            return f"1/{n:g} GPU" if abs(n - round(n)) < 1e-9 else f"{gpu:g} GPU"
+        return f"{gpu:g} GPU"
+    return f"{study.resources.cpu:g} CPU"
+
+
+def _slots(study: Study, cpus: int | None, gpus: int | None) -> tuple[int, dict]:
+    """Trials at a time: what the machine (or --cpus/--gpus) fits, capped by the study."""
+    cpus = cpus or os.cpu_count() or 1
+    by_cpu = max(1, math.floor(cpus / study.resources.cpu + 1e-9))
+    machine: dict[str, Any] = {"cpus": cpus}
+    slots = by_cpu
+    if study.resources.gpu > 0:
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count() or 1  # plan for one GPU where there is none
+        per_gpu = math.floor(1 / study.resources.gpu + 1e-9) if study.resources.gpu <= 1 \
+            else 0
+        by_gpu = gpus * per_gpu if per_gpu else int(gpus // study.resources.gpu)
+        slots = max(1, by_gpu)
+        machine["gpus"] = gpus
+        machine["trials_per_gpu"] = per_gpu or None
+    if study.max_concurrent:
+        slots = min(slots, study.max_concurrent)
+    return slots, machine
+
+
+def _trials_of(study: Study) -> tuple[list[TrialConfig], list[dict], str | None]:
+    if study.design != "search":
+        trials = expand_study(study)
+        return trials, [study.cell_values(t) for t in trials], None
+    space = search_space(study)
+    rng = random.Random(study.search.seed)
+    trials, cells = [], []
+    for index in range(study.search.num_samples):
+        for _ in range(_SEARCH_DRAW_ATTEMPTS):
+            params = {k: draw(d, rng) for k, d in space.items()}
+            try:
+                trial = trial_from_params(study, params, seed=study.seeds[0])
+            except InfeasibleParams:
+                continue
+            trials.append(trial.replace(name=f"sample{index + 1}-{trial.name}"))
+            cells.append(params)
+            break
+    note = (f"search: {study.search.num_samples} random proposals stand in for the "
+            f"{study.search.algorithm} sampler's")
+    if study.search.scheduler:
+        note += "; the scheduler stops many early, so the totals are an upper bound"
+    return trials, cells, note
+
+
+def draw(distribution: dict[str, Any], rng: random.Random):
+    """One value from a distribution spec (uniform, or log-uniform with log: true)."""
+    kind = distribution["type"]
+    if kind == "choice":
+        return rng.choice(distribution["values"])
+    low, high = distribution["low"], distribution["high"]
+    if kind == "int":
+        if distribution["log"]:
+            return int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
+        return rng.randrange(low, high + 1, distribution["step"])
+    if distribution["log"]:
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+    value = rng.uniform(low, high)
+    step = distribution.get("step")
+    return low + round((value - low) / step) * step if step else value
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1:02:05'; 95 -> '1:35'."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_count(n: float) -> str:
+    """1727962 -> '1.73M'; 40551040 -> '40.6M'; 2.3e9 -> '2.30G'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return f"{n:g}"
+
+
+def format_table(plan: dict[str, Any]) -> str:
+    """The human-readable plan: header, one row per trial, totals, cost-model note."""
+    varied = plan["varied"]
+    headers = ["name", "trial_id"] + [v.split(".")[-1] for v in varied] + \
+        ["params", "MACs", "iters", "est. time", "device"]
+    rows = []
+    for r in plan["trials"]:
+        rows.append([r["name"], r["trial_id"]] +
+                    [format_value(r["params"].get(v)) for v in varied] +
+                    [format_count(r["param_count"]), format_count(r["macs"]),
+                     f"{r['iterations']:,}", format_duration(r["est_seconds"]),
+                     r["device_share"]])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    numeric = {"params", "MACs", "iters", "est. time"}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if headers[i] in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    t = plan["totals"]
+    res = plan["resources"]
+    out = [f"study {plan['study']} ({plan['source']}): design {plan['design']}, "
+           f"{t['trials']} trials, resources cpu {res['cpu']:g} gpu {res['gpu']:g}"]
+    if plan.get("description"):
+        out.append(f"  {plan['description']}")
+    out += ["", line(headers), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    hours = f"{t['gpu_hours']:.2f} GPU-hours" if res["gpu"] > 0 else \
+        f"{t['cpu_hours']:.2f} CPU-hours"
+    where = (f"{t['gpus']} GPU(s) x {t['trials_per_gpu']} trials per GPU"
+             if res["gpu"] > 0 and t.get("trials_per_gpu") else f"{t['cpus']} CPUs")
+    out += ["", f"total: {t['trials']} trials, {hours}, about "
+                f"{format_duration(t['wall_seconds'])} wall time at {t['concurrency']} "
+                f"trial(s) at a time ({where})"]
+    for c in plan["cost_model"]["calibrations"]:
+        threads = f", {c['threads']} thread(s)" if c["threads"] else ""
+        out.append(f"cost model: {c['device']}{threads}: {c['macs_per_s'] / 1e9:.1f} "
+                   f"GMAC/s training ({c['measured']})")
+    if plan.get("note"):
+        out.append(f"note: {plan['note']}")
+    return "\n".join(out)
