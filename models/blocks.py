@@ -98,6 +98,17 @@ def make_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks
     return nn.Sequential(*blocks), out_channels
 
 
+def network_units(model: nn.Module,
+                  stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """[("conv1", stem conv), ("layer1.0", block), ..., ("fc", classifier)] in order."""
+    units: list[tuple[str, nn.Module]] = [("conv1", model.conv1)]
+    for stage_name in stage_names:
+        for i, block in enumerate(getattr(model, stage_name)):
+            units.append((f"{stage_name}.{i}", block))
+    units.append(("fc", model.fc))
+    return units
+
+
 def scaled(channels: int, width: float) -> int:
     """Channels times the width multiplier, rounded (validation keeps it >= 1)."""
     return int(round(channels * width))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.cifar import CifarResNet
 from models.config import ModelConfig
+from models.imagenet import ImageNetResNet, stages_for
+from models.mlp import MLPNet
 from models.validation import validate_model_config
 
 
@@ -16,20 +19,15 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """
     validate_model_config(cfg)
     if cfg.family == "cifar":
-        from models.cifar import CifarResNet
-
         return CifarResNet(depth=cfg.depth, block=cfg.block, residual=cfg.residual,
                            shortcut=cfg.shortcut, width=cfg.width,
                            in_channels=cfg.in_channels, num_classes=cfg.num_classes)
     if cfg.family == "imagenet":
-        from models.imagenet import ImageNetResNet, stages_for
-
         return ImageNetResNet(stages=stages_for(cfg), block=cfg.block,
                               residual=cfg.residual, shortcut=cfg.shortcut,
                               width=cfg.width, in_channels=cfg.in_channels,
                               num_classes=cfg.num_classes)
-    from models.mlp import MLPNet  # family == "mlp" (validated)
-
+    # family == "mlp" (validated)
     return MLPNet(depth=cfg.depth, residual=cfg.residual,
                   in_features=cfg.in_channels * cfg.image_size ** 2, hidden=cfg.hidden,
                   num_classes=cfg.num_classes)

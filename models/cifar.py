@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import BLOCKS, init_conv_net, make_stage, scaled
+from models.blocks import BLOCKS, init_conv_net, make_stage, network_units, scaled
 from models.shortcuts import SHORTCUTS
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -61,13 +61,5 @@ class CifarResNet(nn.Module):
 
     def probe_units(self) -> list[tuple[str, nn.Module]]:
         """Stem, every block, classifier, in network order (for gradient_norms)."""
-        return _units(self, ("layer1", "layer2", "layer3"))
+        return network_units(self, ("layer1", "layer2", "layer3"))
 
-
-def _units(model: nn.Module, stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    units: list[tuple[str, nn.Module]] = [("conv1", model.conv1)]
-    for stage_name in stage_names:
-        for i, block in enumerate(getattr(model, stage_name)):
-            units.append((f"{stage_name}.{i}", block))
-    units.append(("fc", model.fc))
-    return units

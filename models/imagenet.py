@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import BLOCKS, init_conv_net, make_stage, scaled
-from models.cifar import _units
+from models.blocks import BLOCKS, init_conv_net, make_stage, network_units, scaled
 from models.config import ModelConfig
 from models.shortcuts import SHORTCUTS
 
@@ -59,4 +58,4 @@ class ImageNetResNet(nn.Module):
 
     def probe_units(self) -> list[tuple[str, nn.Module]]:
         """Stem, every block, classifier, in network order (for gradient_norms)."""
-        return _units(self, ("layer1", "layer2", "layer3", "layer4"))
+        return network_units(self, ("layer1", "layer2", "layer3", "layer4"))

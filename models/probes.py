@@ -10,6 +10,9 @@ statistics (all buffers) and every parameter's ``.grad``.
   forward/backward in **train mode** (the gradients training sees, BN on batch
   statistics); buffers are saved and restored, gradients are taken with
   ``torch.autograd.grad`` and never written to ``.grad``.
+
+Pass the plain module (not a torch.compile wrapper or a CUDA-graph replay): the probes
+use forward hooks and ``probe_units()``, which only an eager nn.Module honours.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def gradient_norms(model: nn.Module, inputs: torch.Tensor,
     with _preserved_state(model, train=True), torch.enable_grad():
         loss = F.cross_entropy(model(inputs), targets)
         grads = torch.autograd.grad(loss, weights, allow_unused=True)
-    squared = {id(w): (g.float().pow(2).sum() if g is not None else torch.zeros(()))
+    squared = {id(w): (g.float().pow(2).sum() if g is not None else w.new_zeros(()))
                for w, g in zip(weights, grads)}
     return {name: float(sum(squared[id(w)] for w in ws) ** 0.5) for name, ws in units}
 
