@@ -8,7 +8,9 @@ channel mean/std. `ROOT/val` is the test set; `data.val_size` images are held ou
 `ROOT/train` for validation (see `workers.data.split_indices`).
 
 Shuffling and the workers' augmentation seeds come from one CPU generator whose state is
-checkpointed, so a resumed trial sees the same batches as an uninterrupted one.
+checkpointed, so a resumed trial sees the same batches as an uninterrupted one. (With 0
+workers the random transforms draw from torch's global RNG instead, which `train_trial`
+seeds and checkpoints too.)
 """
 
 from __future__ import annotations

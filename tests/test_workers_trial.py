@@ -1,0 +1,144 @@
+"""train_trial end to end on real Fashion-MNIST subsets: learning, the report contract,
+bit-exact resume, divergence, and corrupt checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import build_model, count_params
+from models.config import ModelConfig
+from workers.checkpoint import CheckpointWarning
+from workers.config import DataConfig, TrainConfig, TrialConfig
+from workers.trial import train_trial
+
+EPOCH_KEYS = {"epoch", "iteration", "lr", "train_loss", "train_error", "val_loss", "val_error",
+              "images_per_s", "elapsed_s"}
+TIMING_KEYS = {"images_per_s", "elapsed_s"}
+SMALL_NET = ModelConfig(depth=8, width=0.5, in_channels=1, image_size=28)
+
+
+class Recorder:
+    """A `report` callback that keeps every call; optionally stops after `stop_after` epochs."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.calls: list[tuple[dict, str | None]] = []
+        self.stop_after = stop_after
+
+    def __call__(self, metrics: dict, checkpoint_path: str | None) -> None:
+        self.calls.append((metrics, checkpoint_path))
+        if self.stop_after is not None and metrics["epoch"] >= self.stop_after:
+            raise KeyboardInterrupt("simulated interruption after the epoch's checkpoint")
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def test_two_epochs_on_fashion_mnist_learn_and_report_the_contract(tmp_path):
+    config = TrialConfig(
+        name="fmnist-small", model=SMALL_NET, seed=0,
+        data=DataConfig(train_size=2000, val_size=1000, test_size=1000, augment=False),
+        train=TrainConfig(epochs=2, batch_size=64, lr=0.1, threads=1))
+    report = Recorder()
+    result = train_trial(config, report, checkpoint_dir=str(tmp_path))
+
+    assert result.status == "finished" and result.error is None
+    assert len(report.calls) == 2 and len(result.history) == 2
+    first, last = result.history
+    assert EPOCH_KEYS | {"test_loss", "test_error"} <= set(first)
+    assert (first["epoch"], first["iteration"], last["iteration"]) == (1, 32, 64)
+    # chance is 90% error; 64 steps of a tiny ResNet get far below it
+    assert last["test_error"] < 0.5 and last["val_error"] < 0.5
+    assert last["train_error"] < first["train_error"] < 0.9
+    assert all(0 <= h[k] <= 1 for h in result.history for k in ("train_error", "val_error", "test_error"))
+    # the last report adds status, params, macs and probes, and points at the checkpoint
+    final, checkpoint = report.calls[-1]
+    assert final is result.final or final == result.final
+    assert final["status"] == "finished"
+    assert final["params"] == count_params(build_model(SMALL_NET)) == result.params
+    assert final["macs"] == result.macs > 0
+    assert checkpoint == str(tmp_path / "checkpoint.pt") and (tmp_path / "checkpoint.pt").is_file()
+    responses, grads = result.probes["layer_responses"], result.probes["gradient_norms"]
+    assert len(responses) >= 7 and len(grads) >= 3          # depth 8: stem + 6 convs, 3 blocks
+    assert all(math.isfinite(v) and v > 0 for v in [*responses.values(), *grads.values()])
+    assert "status" not in report.calls[0][0]              # only the last report has extras
+
+
+def _resume_config() -> TrialConfig:
+    # iteration-based with a partial last epoch (4 + 4 + 2 steps), step schedule, augmentation
+    return TrialConfig(
+        name="resume", model=SMALL_NET.replace(width=0.25), seed=3,
+        data=DataConfig(train_size=256, val_size=64, test_size=64, augment=True),
+        train=TrainConfig(recipe="paper-cifar", epochs=None, iterations=10, batch_size=64,
+                          lr=0.1, schedule="step", milestones=(6,), momentum=0.9,
+                          nesterov=True, eval_every=2, threads=1))
+
+
+def test_a_resumed_trial_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    config = _resume_config()
+    straight = train_trial(config, Recorder(), checkpoint_dir=str(tmp_path / "a"))
+
+    with pytest.raises(KeyboardInterrupt):
+        train_trial(config, Recorder(stop_after=1), checkpoint_dir=str(tmp_path / "b"))
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed_report = Recorder()
+    resumed = train_trial(config, resumed_report, checkpoint_dir=str(tmp_path / "b"))
+
+    assert [m["epoch"] for m, _ in resumed_report.calls] == [2, 3]   # continued, not restarted
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    assert [h["iteration"] for h in straight.history] == [4, 8, 10]
+    assert "test_error" not in straight.history[0] and "test_error" in straight.history[2]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    buffers_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    buffers_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(buffers_a, buffers_b))
+    assert resumed.probes == straight.probes
+
+
+def test_an_absurd_lr_diverges_without_an_exception(tmp_path):
+    config = TrialConfig(
+        name="diverge", model=SMALL_NET.replace(width=0.25), seed=0,
+        data=DataConfig(train_size=256, val_size=64, test_size=64),
+        train=TrainConfig(epochs=3, batch_size=64, lr=1e30, schedule="constant", threads=1))
+    report = Recorder()
+    result = train_trial(config, report, checkpoint_dir=str(tmp_path))
+    assert result.status == "diverged"
+    assert "non-finite training loss" in result.error
+    assert len(result.history) >= 1 and not math.isfinite(result.history[-1]["train_loss"])
+    assert report.calls[-1][0]["status"] == "diverged" and result.final["status"] == "diverged"
+    assert result.params > 0 and set(result.probes) == {"layer_responses", "gradient_norms"}
+    assert len(report.calls) == len(result.history)         # one report per epoch, the last with status
+
+
+def _tiny(seed: int = 0) -> TrialConfig:
+    return TrialConfig(name="tiny", model=SMALL_NET.replace(width=0.25), seed=seed,
+                       data=DataConfig(train_size=128, val_size=64, test_size=64),
+                       train=TrainConfig(epochs=1, batch_size=64, threads=1, probes=False))
+
+
+def test_a_corrupt_checkpoint_is_reported_and_the_trial_restarts(tmp_path):
+    fresh = train_trial(_tiny())
+    (tmp_path / "checkpoint.pt").write_bytes(b"this is not a checkpoint")
+    with pytest.warns(CheckpointWarning, match="unreadable.*starts from scratch"):
+        again = train_trial(_tiny(), checkpoint_dir=str(tmp_path))
+    assert again.status == "finished"
+    assert without_timing(again.history) == without_timing(fresh.history)
+    assert (tmp_path / "checkpoint.pt.corrupt").read_bytes() == b"this is not a checkpoint"
+    # another trial's checkpoint is not resumed either
+    with pytest.warns(CheckpointWarning, match="belongs to trial"):
+        other = train_trial(_tiny(seed=1), checkpoint_dir=str(tmp_path))
+    assert other.history[0]["train_loss"] != fresh.history[0]["train_loss"]
+
+
+def test_a_finished_checkpoint_is_not_trained_again(tmp_path):
+    first = train_trial(_tiny(), checkpoint_dir=str(tmp_path))
+    report = Recorder()
+    second = train_trial(_tiny(), report, checkpoint_dir=str(tmp_path))
+    assert len(report.calls) == 1 and report.calls[0][0]["status"] == "finished"
+    assert without_timing(second.history) == without_timing(first.history)
