@@ -102,8 +102,37 @@ def _trial_from_json(path: str, overrides: list[str]):
 
 
 def _study_trials(path: str, overrides: list[str]):
+    """The study's trials. A `--set` on a key the design varies (e.g. model.depth=56 in a
+    grid over depth) selects the trials with that value; every other `--set` is applied to
+    the study file by `load_study`."""
+    from models.errors import ConfigError
     from search_spaces import expand_study, load_study
-    return expand_study(load_study(path, overrides))
+
+    study = load_study(path)
+    varied = {key.dotted for key in study.varied_keys} | {"seed"}
+    selectors, passed = [], []
+    for item in overrides:
+        keys, value = _split_override(item)
+        dotted = ".".join(keys) if len(keys) > 1 or keys[0] == "seed" else f"model.{keys[0]}"
+        if dotted in varied:
+            selectors.append((item, dotted, value))
+        else:
+            passed.append(item)
+    trials = expand_study(load_study(path, passed) if passed else study)
+    for item, dotted, value in selectors:
+        def value_of(trial, dotted=dotted):
+            if dotted == "seed":
+                return trial.seed
+            section, field = dotted.split(".", 1)
+            return getattr(getattr(trial, section), field)
+
+        chosen = [t for t in trials if value_of(t) == value]
+        if not chosen:
+            values = sorted({repr(value_of(t)) for t in trials})
+            raise ConfigError(f"--set {item}: no trial of the study has {dotted} = {value!r}; "
+                              f"its trials have {', '.join(values) or 'none'}")
+        trials = chosen
+    return trials
 
 
 def _pick(trials, wanted: str | None):
