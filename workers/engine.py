@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from models.errors import ConfigError
 from workers.config import TrainConfig
+from workers.train_step import train_step
 
 
 class TrainStep(Protocol):
@@ -84,16 +85,10 @@ class EagerStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            logits = self.forward(images)                       # (B, classes)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
-        wrong = (logits.detach().argmax(dim=1) != labels).sum()
-        return loss.detach().float(), wrong
+        # The same body as the CUDA-graph step captures (workers/train_step.py).
+        return train_step(self.forward, self.optimizer, self.params, images, labels,
+                          precision=self.precision, label_smoothing=self.label_smoothing,
+                          grad_clip=self.grad_clip)
 
 
 def make_train_step(model: nn.Module, train: TrainConfig, device: torch.device) -> TrainStep:
