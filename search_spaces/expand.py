@@ -62,7 +62,10 @@ class Resolver:
     def __init__(self, spec: StudySpec, locations):
         self.spec = spec
         self.locations = locations
-        self.fixed_model = spec.model.model_dump(exclude_unset=True)
+        # A null model field means "not set"; null data/train values are real values
+        # (train_size null = all images, grad_clip null = no clipping).
+        self.fixed_model = {k: v for k, v in spec.model.model_dump(exclude_unset=True).items()
+                            if v is not None}
         self.fixed_data = spec.data.model_dump(exclude_unset=True)
         self.fixed_train = {k: v for k, v in spec.train.model_dump(exclude_unset=True).items()
                             if k != "recipe"}
@@ -323,25 +326,38 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
     return out
 
 
-def model_stats(cfg: ModelConfig, cache: dict) -> ModelStats | ConfigError:
-    """Build `cfg` on the meta device (no memory) and count; ConfigError if impossible."""
-    if cfg in cache:
-        return cache[cfg]
+# Builds are deterministic, so one process never builds the same network twice (a test
+# session loads the same studies many times; `resweep run` loads once and plans once).
+_STATS_CACHE: dict[ModelConfig, "ModelStats | ConfigError"] = {}
+
+
+def model_stats(cfg: ModelConfig, cache: dict | None = None) -> ModelStats | ConfigError:
+    """Build `cfg` on the meta device (no memory) and count its parameters and MACs;
+    the ConfigError instead when the network is impossible. `cache` (a dict) also
+    receives the result, so a study keeps the stats of its own models."""
+    if cfg not in _STATS_CACHE:
+        _STATS_CACHE[cfg] = _build_and_count(cfg)
+    stats = _STATS_CACHE[cfg]
+    if cache is not None and isinstance(stats, ModelStats):
+        cache[cfg] = stats
+    return stats
+
+
+def _build_and_count(cfg: ModelConfig) -> ModelStats | ConfigError:
     import torch
 
     from models import build_model, count_params
-    try:
-        from models import count_macs
-    except ImportError:  # older models package: the function lives in complexity
-        from models.complexity import count_macs
+    from models.complexity import count_model_macs
+
     try:
         with torch.device("meta"):
             net = build_model(cfg)
-        stats = ModelStats(params=count_params(net), macs=int(count_macs(cfg)))
     except ConfigError as err:
         return err
-    cache[cfg] = stats
-    return stats
+    # count_model_macs on the net just built: the same count as models.count_macs(cfg)
+    # without building the network a second time.
+    macs = count_model_macs(net, (cfg.in_channels, cfg.image_size, cfg.image_size))
+    return ModelStats(params=count_params(net), macs=int(macs))
 
 
 _FIELD_ERROR = re.compile(r"^(model|data|train)\.(\w+): (.*)$")
@@ -365,9 +381,9 @@ def _attribute(out: Expansion, err: Exception, cell: Cell, spec: StudySpec, orig
             elif field_name in getattr(spec, section).model_fields_set:
                 path = (section, field_name)
                 message = rest
-            else:
-                path = (origin,) if not cell else _cell_value_path(
-                    spec, origin, next(iter(cell)), next(iter(cell.values())))
+            else:  # a default value: point at the section that could set it
+                path = (section, field_name)
+                message = rest.replace("; ", " (the default); ", 1)
         else:
             path = (origin,)
         if (path, message) in seen:

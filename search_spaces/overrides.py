@@ -2,7 +2,8 @@
 
 The value is parsed as YAML (`[20, 56]` is a list, `true` a bool, `1e-3` a float). The path
 walks mappings; under `space`, `baseline` and `vary` the rest of the path is one key, so
-`space.train.lr=[0.1,0.05]` sets the entry `train.lr`. Overrides are applied to the raw
+`space.train.lr=[0.1,0.05]` sets the entry `train.lr`, and `space.depth=null` removes
+the entry `depth`. A null model field means "not set" (the default). Overrides are applied to the raw
 file data before validation, so an overridden value is checked like a written one.
 """
 
@@ -48,6 +49,12 @@ def apply_overrides(data: dict, overrides, locations: Locations) -> list[Problem
             problems.append(Problem(where.format(text), path_text,
                                     f"got the unknown key {path[0]!r}; allowed: "
                                     f"{', '.join(StudySpec.model_fields)}"))
+            continue
+        if value is None and path[0] in _PARAM_SECTIONS and len(path) == 2:
+            section = data.get(path[0])
+            if isinstance(section, dict):
+                section.pop(path[1], None)  # `--set space.depth=null` removes the entry
+            locations.overrides[path] = text
             continue
         error = _set(data, path, value)
         if error:

@@ -26,6 +26,7 @@ import random
 from typing import Any
 
 from models.errors import ConfigError
+from models.validation import validate_model_config
 from search_spaces.errors import Problem, format_path
 from search_spaces.expand import (Resolver, excluded_by, format_value, model_stats,
                                   trial_name)
@@ -36,6 +37,7 @@ from workers.config import TrialConfig
 # Above this many combinations of candidate values, load-time checks use a sample.
 _FEASIBILITY_SAMPLE = 2048
 _INT_ENUMERATE_LIMIT = 64
+_FEASIBILITY_BUILDS = 8     # distinct networks built on the meta device at load time
 
 
 class InfeasibleParams(ConfigError):
@@ -121,7 +123,8 @@ def feasibility_problems(spec: StudySpec, keys: dict[str, ParamKey],
     Every combination of candidate values (all choices, all integers of short ranges,
     ends and middle of float ranges) is resolved and its network built on the meta
     device. A choice value (or an integer of an enumerated range) that is never part of
-    a valid combination is a problem, and so is a space with no valid combination."""
+    a valid combination is a problem (values only constraints exclude are intended),
+    and so is a space with no runnable combination."""
     names = list(spec.space)
     lists = []
     complete = {}
@@ -132,7 +135,8 @@ def feasibility_problems(spec: StudySpec, keys: dict[str, ParamKey],
     if len(combos) > _FEASIBILITY_SAMPLE:
         combos = random.Random(0).sample(combos, _FEASIBILITY_SAMPLE)
     resolver = Resolver(spec, locations)
-    stats_cache: dict = {}
+    validated: dict = {}   # ModelConfig -> None | first error line
+    builds_left = _FEASIBILITY_BUILDS
     feasible: set[tuple[str, Any]] = set()
     first_error: dict[tuple[str, Any], str] = {}
     any_feasible = False
@@ -144,15 +148,28 @@ def feasibility_problems(spec: StudySpec, keys: dict[str, ParamKey],
             rule = excluded_by(spec, lambda k: resolver.lookup(cell, k, trial, raw_model))
             if rule is not None:
                 reason = f"excluded by constraints[{rule}]"
+            elif trial.model not in validated:
+                # Checking the rules is cheap; a meta-device build of the first distinct
+                # networks (each ~0.1-0.3 s) also catches what only building shows.
+                try:
+                    validate_model_config(trial.model)
+                    validated[trial.model] = None
+                    if builds_left > 0:
+                        builds_left -= 1
+                        stats = model_stats(trial.model)
+                        if isinstance(stats, ConfigError):
+                            validated[trial.model] = str(stats).splitlines()[0]
+                except ConfigError as err:
+                    validated[trial.model] = str(err).splitlines()[0]
+                reason = validated[trial.model]
             else:
-                stats = model_stats(trial.model, stats_cache)
-                if isinstance(stats, ConfigError):
-                    reason = str(stats).splitlines()[0]
+                reason = validated[trial.model]
         except (ConfigError, TypeError, ValueError) as err:
             reason = str(err).splitlines()[0]
+        excluded = reason is not None and reason.startswith("excluded by constraints")
         for name, value in zip(names, combo):
             tag = (name, _hashable(value))
-            if reason is None:
+            if reason is None or excluded:  # a value a rule excludes is meant to be so
                 feasible.add(tag)
             else:
                 first_error.setdefault(tag, reason)

@@ -242,7 +242,8 @@ def _check_fixed_vs_varied(spec: StudySpec, report: _Report,
             if key is None:
                 continue
             fixed = getattr(spec, key.section)
-            if key.field in fixed.model_fields_set and key.field != "recipe":
+            unset = key.section == "model" and getattr(fixed, key.field) is None
+            if key.field in fixed.model_fields_set and key.field != "recipe" and not unset:
                 report.add((section_name, text), f"got {text!r} here and in {key.section}."
                            f"{key.field}; a field is either fixed in `{key.section}` or "
                            f"varied in `{section_name}`, remove one")

@@ -42,9 +42,10 @@ class Locations:
     def where(self, path: tuple) -> str:
         """'file:line' for a file value, 'file (--set k=v)' for an overridden one."""
         path = tuple(path)
-        for n in range(len(path), -1, -1):
+        for n in range(len(path), -1, -1):  # an override replaces what the file said
             if path[:n] in self.overrides:
                 return f"{self.filename} (--set {self.overrides[path[:n]]})"
+        for n in range(len(path), -1, -1):
             if path[:n] in self.lines:
                 return f"{self.filename}:{self.lines[path[:n]]}"
         return self.filename

@@ -1,0 +1,164 @@
+"""The shipped studies, the strict YAML loader, overrides and the JSON Schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jsonschema
+import pytest
+import torch
+import yaml
+
+from models.config import ModelConfig
+from search_spaces import StudyError, expand_study, load_study, search_space
+from search_spaces.json_schema import SHIPPED, schema_text, study_schema
+from search_spaces.schema import DataSpec, ModelSpec, TrainSpec
+from search_spaces.yaml_loader import load_yaml
+from tests.study_helpers import (SHIPPED as SHIPPED_STUDIES, SMALL_STUDY,  # noqa: F401
+                                 fixed_calibration, run_cli, write)
+from workers.config import DataConfig, TrainConfig
+
+torch.set_num_threads(1)
+
+EXPECTED_TRIALS = {"degradation": 9, "degradation-quick": 4, "shortcuts": 12,
+                   "bottleneck": 8, "width": 8, "gradient-flow": 8}
+
+
+def test_every_expected_study_is_shipped():
+    names = {p.stem for p in SHIPPED_STUDIES}
+    assert set(EXPECTED_TRIALS) | {"search-optuna"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=lambda p: p.stem)
+def test_shipped_study_loads_expands_and_plans(path, capsys, fixed_calibration):
+    study = load_study(path)
+    assert study.name == path.stem
+    first_line = path.read_text().splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=./study.schema.json"
+    if study.design == "search":
+        space = search_space(study)
+        assert space and all(d["type"] in ("choice", "int", "float") for d in space.values())
+    else:
+        trials = expand_study(study)
+        assert len(trials) == EXPECTED_TRIALS[study.name]
+        assert len({t.trial_id for t in trials}) == len(trials)
+        assert len({t.name for t in trials}) == len(trials)
+    code, out, err = run_cli(capsys, "plan", str(path), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["totals"]["trials"] == (study.search.num_samples if study.search
+                                        else EXPECTED_TRIALS[study.name])
+
+
+@pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=lambda p: p.stem)
+def test_shipped_study_validates_against_the_json_schema(path):
+    jsonschema.validate(yaml.safe_load(path.read_text()), study_schema())
+
+
+def test_shipped_json_schema_is_up_to_date(capsys, tmp_path):
+    assert SHIPPED.read_text() == schema_text(), \
+        "run: resweep schema --out search_spaces/study.schema.json"
+    code, out, _ = run_cli(capsys, "schema")
+    assert code == 0 and json.loads(out) == json.loads(schema_text())
+    code, _, _ = run_cli(capsys, "schema", "--out", str(tmp_path / "s.json"))
+    assert code == 0 and (tmp_path / "s.json").read_text() == schema_text()
+
+
+def test_json_schema_rejects_what_pydantic_rejects():
+    bad = {"name": "x", "model": {"depth": 20, "colour": "red"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, study_schema())
+
+
+@pytest.mark.parametrize("spec,config", [(ModelSpec, ModelConfig), (DataSpec, DataConfig),
+                                         (TrainSpec, TrainConfig)])
+def test_section_specs_cover_their_config_fields(spec, config):
+    # A field added to a config type must be settable from a study file.
+    assert set(spec.model_fields) == {f.name for f in dataclasses.fields(config)}
+
+
+def test_degradation_quick_matches_the_anchor_setup():
+    """ANCHORS.md's 2-core setup: Fashion-MNIST, 10,240 images, width 0.5, batch 128,
+    5 epochs cosine from lr 0.1, one thread per trial, no augmentation."""
+    trials = expand_study(load_study("search_spaces/degradation-quick.yaml"))
+    assert {(t.model.residual, t.model.depth) for t in trials} == \
+        {(False, 20), (False, 56), (True, 20), (True, 56)}
+    for t in trials:
+        assert (t.data.dataset, t.data.train_size, t.data.augment) == \
+            ("fashion-mnist", 10_240, False)
+        assert (t.model.width, t.model.in_channels, t.model.image_size) == (0.5, 1, 28)
+        assert (t.train.batch_size, t.train.epochs, t.train.schedule, t.train.lr,
+                t.train.threads) == (128, 5, "cosine", 0.1, 1)
+        assert t.resources.cpu == 1 and t.resources.gpu == 0 and t.seed == 0
+
+
+def test_degradation_is_the_papers_figure_6():
+    trials = expand_study(load_study("search_spaces/degradation.yaml"))
+    cells = {(t.model.residual, t.model.depth) for t in trials}
+    assert cells == {(r, d) for r in (False, True) for d in (20, 32, 44, 56)} | {(True, 110)}
+    assert all(t.model.shortcut == "A" and t.data.dataset == "cifar10" and
+               t.train.recipe == "paper-cifar" and t.train.iterations == 64_000
+               for t in trials)
+    warm = {t.model.depth: t.train.warmup_lr for t in trials if t.model.residual}
+    assert warm[110] == 0.01 and warm[56] is None   # the paper's ResNet-110 warm-up
+
+
+# ---- the YAML loader ------------------------------------------------------------------
+
+def test_loader_reads_yaml12_floats_merge_keys_and_lines():
+    text = "a: 1e-4\nb: &base {x: 1}\nc:\n  <<: *base\n  y: [2,\n      3]\n"
+    data, locations, problems = load_yaml(text, "f.yaml")
+    assert problems == []
+    assert data == {"a": 1e-4, "b": {"x": 1}, "c": {"x": 1, "y": [2, 3]}}
+    assert locations.where(("c", "y", 1)) == "f.yaml:6"
+    assert locations.where(("c", "y")) == "f.yaml:5"
+    assert locations.where(("nothing", "here")) == "f.yaml:1"
+
+
+def test_loader_refuses_tags_and_duplicates_everywhere():
+    text = "a: {b: 1, b: 2}\nc: [!!python/tuple [1, 2]]\nd: !!binary aGk=\n"
+    _, _, problems = load_yaml(text, "f.yaml")
+    messages = [str(p) for p in problems]
+    assert any(m.startswith("f.yaml:1: a.b: got a duplicate key") for m in messages)
+    assert any(m.startswith("f.yaml:2: c[0]: got the tag '!!python/tuple'") for m in messages)
+    assert len(messages) == 2  # plain YAML tags such as !!binary are fine
+
+
+# ---- overrides ------------------------------------------------------------------------
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = write(tmp_path, SMALL_STUDY)
+    study = load_study(path, ["train.epochs=3", "space.depth=[8]",
+                              "space.train.lr=[0.1, 0.05]", "data.val_size=32"])
+    trials = expand_study(study)
+    assert len(trials) == 2 * 1 * 2
+    assert {t.train.epochs for t in trials} == {3}
+    assert {t.train.lr for t in trials} == {0.1, 0.05}
+    assert {t.data.val_size for t in trials} == {32}
+    assert {t.name for t in trials} >= {"plain-8-A-w0.25-lr0.1-s0", "resnet-8-A-w0.25-lr0.05-s0"}
+    assert study.source_hash != load_study(path).source_hash
+    assert study.overrides == ("train.epochs=3", "space.depth=[8]",
+                               "space.train.lr=[0.1, 0.05]", "data.val_size=32")
+
+
+def test_an_overridden_value_is_checked_like_a_written_one(tmp_path):
+    path = write(tmp_path, SMALL_STUDY)
+    with pytest.raises(StudyError) as err:
+        load_study(path, ["space.depth=[8, 9]"])
+    assert str(err.value) == (
+        f"{path} (--set space.depth=[8, 9]): space.depth[1]: got 9; a basic cifar net "
+        "needs depth = 6n+2 with n >= 1 (8, 14, 20, 26, ...) (e.g. the cell "
+        "residual=false, depth=9)")
+
+
+def test_search_spaces_imports_no_orchestration_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, search_spaces, search_spaces.plan, search_spaces.cost\n"
+            "print(','.join(sorted(n for n in sys.modules\n"
+            "                      if n.split('.')[0] in ('ray', 'mlflow', 'optuna'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ""
