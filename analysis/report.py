@@ -104,7 +104,8 @@ def _status_counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def _onset_lines(findings: Findings) -> list[str]:
+def onset_lines(findings: Findings) -> list[str]:
+    """One line per series (plain first): where degradation starts, or that it does not."""
     lines = [f"{series}: {onset.describe()}" for series, onset in findings.onsets.items()]
     lines += [f"{series}: {onset.describe()}"
               for series, onset in findings.residual_onsets.items()]
@@ -129,7 +130,7 @@ def render_markdown(runs: StudyRuns, findings: Findings, figures: list[FigureFil
     for c in findings.claims:
         lines.append(f"| {_md_cell(c.claim)} | {c.source} | **{c.verdict}** | "
                      f"{_md_cell(c.evidence.replace(' | ', '; '))} | {_md_cell(c.test)} |")
-    lines += ["", "## Degradation onset", ""] + [f"- {l}" for l in _onset_lines(findings)]
+    lines += ["", "## Degradation onset", ""] + [f"- {l}" for l in onset_lines(findings)]
     if findings.gains:
         lines += ["", "## Residual gain per depth (plain minus residual error)", "",
                   "| depth | residual | plain | training error gain | test error gain |",
@@ -210,7 +211,7 @@ def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
         "<h3>Paper claims (He et al. 2015, arXiv 1512.03385)</h3>",
         _claims_html(findings),
         "<h3>Degradation onset</h3><ul>"
-        + "".join(f"<li>{_e(line)}</li>" for line in _onset_lines(findings)) + "</ul>",
+        + "".join(f"<li>{_e(line)}</li>" for line in onset_lines(findings)) + "</ul>",
         f"<p class=meta>Only finished trials count. Margin: {100 * findings.margin:g} "
         f"percentage points; significance level {findings.alpha:g}.</p>",
     ]

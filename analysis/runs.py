@@ -232,7 +232,7 @@ def load_study_runs(study: str, tracking_uri: str | None = None,
             "run `resweep run` on the study first")
     kept = _deduplicate(children)
     trials = _trial_table(kept, children)
-    varying = _label_cells(trials)
+    varying = label_cells(trials)
     curves = _curve_table(client, trials, curve_keys)
     latest = parents[0] if parents else None
     return StudyRuns(
@@ -297,7 +297,7 @@ def _cell_params(table: pd.DataFrame) -> list[str]:
                   and not c.startswith(_NOT_CELL_PREFIXES))
 
 
-def _label_cells(table: pd.DataFrame) -> list[str]:
+def label_cells(table: pd.DataFrame) -> list[str]:
     """Add `cell` (canonical JSON of the cell's params), `label` (e.g. "plain-56",
     "resnet-56 B") and `series` (the label without the depth: one line of error vs depth).
     Returns the cell params that vary across the study."""

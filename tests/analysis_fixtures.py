@@ -12,9 +12,11 @@ and trial.json). The numbers are made up with a known answer.
 
 from __future__ import annotations
 
-import json
+import atexit
 import math
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,25 @@ from workers.config import DataConfig, TrainConfig, TrialConfig
 
 MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
                  "failed": "FAILED", "interrupted": "KILLED"}
+
+
+_TEMPLATE_DB: Path | None = None
+
+
+def new_store(root: Path) -> str:
+    """A fresh, empty SQLite store in `root`; returns its tracking URI.
+
+    MLflow migrates a new database in ~3-7 s on 2 busy cores; the migrated empty database is
+    made once per test session and copied (a copy is a valid, current store)."""
+    global _TEMPLATE_DB
+    if _TEMPLATE_DB is None:
+        template_dir = Path(tempfile.mkdtemp(prefix="resweep-test-mlflow-"))
+        atexit.register(shutil.rmtree, template_dir, True)
+        MlflowClient(f"sqlite:///{template_dir / 'mlflow.db'}").search_experiments()
+        _TEMPLATE_DB = template_dir / "mlflow.db"
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_TEMPLATE_DB, root / "mlflow.db")
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 @dataclass
@@ -100,15 +121,15 @@ def write_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTria
         eid = experiment.experiment_id
     parent = client.create_run(eid, run_name=f"{study}-{run_started}", tags={
         "resweep.kind": "study", "resweep.study": study, "resweep.study_hash": "0" * 12,
-        "resweep.git_commit": "deadbeef", "resweep.version": "0.1.0"})
+        "resweep.git_commit": "deadbeef", "resweep.version": "0.1.0",
+        "resweep.status": "running"})
     pid = parent.info.run_id
-    study_file = root / "study-files" / run_started / "study.yaml"  # the artifact's name
-    study_file.parent.mkdir(parents=True, exist_ok=True)
-    study_file.write_text(f"name: {study}\ndesign: grid\nspace:\n  residual: [false, true]\n")
-    client.log_artifact(pid, str(study_file))
+    client.log_text(pid, f"name: {study}\ndesign: grid\nspace:\n  residual: [false, true]\n",
+                    "study.yaml")
     for fake in trials:
         _write_trial(client, eid, pid, study, fake, root)
         time.sleep(0.002)  # distinct start times, as real trials have
+    client.set_tag(pid, "resweep.status", "finished" if parent_status == "FINISHED" else "failed")
     client.set_terminated(pid, parent_status)
     return pid
 
@@ -118,24 +139,21 @@ def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: Fak
     config = trial_config(study, fake)
     run = client.create_run(eid, run_name=config.name, tags={
         "mlflow.parentRunId": pid, "resweep.kind": "trial", "resweep.trial_id": config.trial_id,
-        "resweep.name": config.name, "resweep.seed": str(fake.seed)})
+        "resweep.name": config.name, "resweep.seed": str(fake.seed), "resweep.study": study,
+        "resweep.status": "running"})
     rid = run.info.run_id
-    params = flatten({k: v for k, v in config.to_dict().items()})
-    client.log_batch(rid, params=[Param(k, v) for k, v in params.items()])
+    params = flatten(config.to_dict())
     now = int(time.time() * 1000)
-    for epoch in range(1, fake.epochs + 1):
-        client.log_batch(rid, metrics=[Metric(k, v, now + epoch, epoch)
-                                       for k, v in _epoch_metrics(fake, epoch).items()])
-    client.log_batch(rid, metrics=[Metric("params", 1000.0 * fake.depth, now, fake.epochs),
-                                   Metric("macs", 1e5 * fake.depth, now, fake.epochs)])
-    trial_dir = root / "trial-files" / rid
-    trial_dir.mkdir(parents=True)
-    (trial_dir / "trial.json").write_text(json.dumps(config.to_dict()))
-    client.log_artifact(rid, str(trial_dir / "trial.json"))
+    # The driver sends one log_batch per epoch; one request for all of them reads back the
+    # same (same keys, steps and values) and keeps the fixture fast.
+    metrics = [Metric(k, v, now + epoch, epoch) for epoch in range(1, fake.epochs + 1)
+               for k, v in _epoch_metrics(fake, epoch).items()]
+    metrics += [Metric("params", 1000.0 * fake.depth, now, fake.epochs),
+                Metric("macs", 1e5 * fake.depth, now, fake.epochs)]
+    client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    client.log_dict(rid, config.to_dict(), "trial.json")
     if fake.probes and fake.status == "finished":
-        (trial_dir / "probes.json").write_text(
-            json.dumps(fake_probes(fake.depth, fake.residual, fake.seed)))
-        client.log_artifact(rid, str(trial_dir / "probes.json"))
+        client.log_dict(rid, fake_probes(fake.depth, fake.residual, fake.seed), "probes.json")
     client.set_tag(rid, "resweep.status", fake.status)
     client.set_terminated(rid, MLFLOW_STATUS[fake.status])
 

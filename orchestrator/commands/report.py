@@ -47,8 +47,8 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from pathlib import Path
 
-    from analysis.report import build_report, format_claims_text, log_report, runs_view_url, \
-        ui_base_url
+    from analysis.report import (build_report, format_claims_text, log_report, onset_lines,
+                                 runs_view_url, ui_base_url)
     from analysis.runs import default_tracking_uri, load_study_runs, resolve_study
 
     name, study_file = resolve_study(args.study)
@@ -63,6 +63,8 @@ def main(args) -> int:
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) in {tracking_uri}")
     print("\nPaper claims (He et al. 2015):")
     print(format_claims_text(report.findings))
+    for line in onset_lines(report.findings):
+        print(f"\ndegradation onset: {line}")
     print(f"\nreport:  {report.html}  (self-contained; open it in a browser)")
     print(f"summary: {report.markdown}")
     print(f"figures: {report.html.parent / 'figures'}/ "
@@ -74,6 +76,8 @@ def main(args) -> int:
         else:
             print("not logged to MLflow: the experiment has no `resweep run` parent run")
     view = runs_view_url(ui_base_url(tracking_uri), runs.experiment_id)
-    hint = "" if tracking_uri.startswith("http") else f"  (after `resweep ui --study {name}`)"
+    uri_option = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    hint = "" if tracking_uri.startswith("http") else \
+        f"  (after `resweep ui --study {name}{uri_option}`)"
     print(f"MLflow:  {view}{hint}")
     return 0
