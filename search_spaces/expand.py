@@ -98,9 +98,18 @@ class Resolver:
 
     def resolve(self, cell: Cell, seed: int, name: str = "") -> tuple[TrialConfig, ModelConfig]:
         """(trial with normalised model, the model as written) for one cell and seed."""
+        from workers.validate import data_config_problems
+
         model, data, train, recipe = self.values(cell)
         raw_model = ModelConfig(**model)
-        train_config = self._recipe(recipe, train, raw_model)
+        problems = data_config_problems(DataConfig(**data)) + \
+            _shape_problems(raw_model, data.get("dataset", DataConfig.dataset))
+        try:
+            train_config = self._recipe(recipe, train, raw_model)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        if problems:
+            raise ConfigError("\n".join(problems))
         trial = TrialConfig(name=name, model=normalise_model(raw_model),
                             data=DataConfig(**data), train=train_config, seed=seed,
                             resources=self.resources, study=self.spec.name)
@@ -123,6 +132,25 @@ class Resolver:
         if key.section == "model":
             return getattr(raw_model, key.field)
         return getattr(getattr(trial, key.section), key.field)
+
+
+def _shape_problems(model: ModelConfig, dataset: str) -> list[str]:
+    """The network must take the data set's images and cover its classes (the same rule
+    the worker applies when it loads the data, checked here before anything runs)."""
+    if dataset not in DATASET_SHAPES or dataset == "imagenet":  # folders: any crop size
+        return []
+    channels, classes, size = DATASET_SHAPES[dataset]
+    problems = []
+    if model.in_channels != channels:
+        problems.append(f"model.in_channels: got {model.in_channels}; data set {dataset!r} "
+                        f"has {channels}-channel images")
+    if model.image_size != size:
+        problems.append(f"model.image_size: got {model.image_size}; data set {dataset!r} "
+                        f"has {size}x{size} images")
+    if model.num_classes < classes:
+        problems.append(f"model.num_classes: got {model.num_classes}; data set {dataset!r} "
+                        f"has {classes} classes")
+    return problems
 
 
 def normalise_model(cfg: ModelConfig) -> ModelConfig:
@@ -360,7 +388,8 @@ def _build_and_count(cfg: ModelConfig) -> ModelStats | ConfigError:
     return ModelStats(params=count_params(net), macs=int(macs))
 
 
-_FIELD_ERROR = re.compile(r"^(model|data|train)\.(\w+): (.*)$")
+# "model.depth: got 21; ..." and "train.epochs/train.iterations: got ...; ..."
+_FIELD_ERROR = re.compile(r"^(model|data|train)\.(\w+)(?:/\S+)?: (.*)$")
 
 
 def _attribute(out: Expansion, err: Exception, cell: Cell, spec: StudySpec, origin: str,
@@ -389,7 +418,8 @@ def _attribute(out: Expansion, err: Exception, cell: Cell, spec: StudySpec, orig
         if (path, message) in seen:
             continue
         seen.add((path, message))
-        text = f"{message} (e.g. the cell {context})" if context else message
+        varied_path = path[0] in ("space", "vary", "baseline")
+        text = f"{message} (e.g. the cell {context})" if context and varied_path else message
         out.problems.append(Problem(locations.where(path), format_path(path), text))
 
 
