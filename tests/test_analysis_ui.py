@@ -1,0 +1,99 @@
+"""`resweep ui`: the runs-view address, input errors, and (slow) a real `mlflow server`
+on 127.0.0.1 serving the study store."""
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from analysis.report import run_url, runs_view_url, ui_base_url
+from analysis_fixtures import degradation_trials, new_store, write_study
+from orchestrator.cli import main as resweep
+
+STUDY = "ui-test"
+
+
+def test_runs_view_and_run_addresses():
+    base = ui_base_url("sqlite:////tmp/x/mlflow.db")
+    assert base == "http://127.0.0.1:5000"
+    assert runs_view_url(base, "3") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert run_url("http://mlflow:5000", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    assert ui_base_url("http://tracking.example:8080/") == "http://tracking.example:8080"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-store")
+    uri = new_store(root)
+    write_study(uri, root, STUDY, degradation_trials(seeds=1, depths=(8, 14), probes=False))
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_port_in_use_and_unknown_study_exit_2(store, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert resweep(["ui", "--tracking-uri", store, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} is in use" in err and "Traceback" not in err
+    assert resweep(["ui", "--tracking-uri", store, "--study", "nope"]) == 2
+    assert f"no experiment named 'nope'" in capsys.readouterr().err
+
+
+def _lines(stream, sink: queue.Queue) -> None:
+    for line in stream:
+        sink.put(line)
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_localhost(store, capsys):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
+                           store, "--port", str(port), "--study", STUDY],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(ui.stdout, lines), daemon=True).start()
+    try:
+        printed, deadline = [], time.monotonic() + 150
+        while not any(l.startswith(f"{STUDY}: http") for l in printed):
+            assert time.monotonic() < deadline and ui.poll() is None, "".join(printed)
+            try:
+                printed.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(
+                f"{base}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name={STUDY}",
+                timeout=10) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+        expected = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        assert f"{STUDY}: {expected}\n" in printed
+        with urllib.request.urlopen(base + "/", timeout=10) as response:
+            assert response.status == 200 and "<html" in response.read().decode().lower()
+        # Against a running server (http URI) the command only prints the address.
+        capsys.readouterr()
+        assert resweep(["ui", "--tracking-uri", base, "--study", STUDY]) == 0
+        assert capsys.readouterr().out == f"{STUDY}: {expected}\n"
+    finally:
+        ui.send_signal(signal.SIGINT)
+        code = ui.wait(60)
+    assert code == 0
+    with socket.socket() as sock:   # the server's process group is gone with it
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
