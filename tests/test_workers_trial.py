@@ -142,3 +142,29 @@ def test_a_finished_checkpoint_is_not_trained_again(tmp_path):
     second = train_trial(_tiny(), report, checkpoint_dir=str(tmp_path))
     assert len(report.calls) == 1 and report.calls[0][0]["status"] == "finished"
     assert without_timing(second.history) == without_timing(first.history)
+
+
+def test_bf16_label_smoothing_grad_clipping_and_nesterov_run_on_the_cpu():
+    config = _tiny().replace(train=TrainConfig(
+        epochs=1, batch_size=64, threads=1, probes=False, precision="bf16",
+        label_smoothing=0.1, grad_clip=1.0, nesterov=True, schedule="cosine", warmup_iters=1))
+    result = train_trial(config)
+    assert result.status == "finished"
+    first = result.history[0]
+    assert math.isfinite(first["train_loss"]) and math.isfinite(first["test_loss"])
+    assert first["iteration"] == 2 and first["lr"] == pytest.approx(0.1)   # cosine from its peak
+
+
+def test_an_image_folder_trial_trains_through_the_dataloader_path(tmp_path):
+    from test_workers_data import _write_tree
+    _write_tree(tmp_path, {"train": 4, "val": 2})
+    config = TrialConfig(
+        name="folder", seed=0,
+        model=ModelConfig(depth=8, width=0.25, in_channels=3, image_size=32, num_classes=3),
+        data=DataConfig(dataset="imagenet", root=str(tmp_path), val_size=3),
+        train=TrainConfig(epochs=2, batch_size=4, threads=1))
+    result = train_trial(config, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert result.status == "finished"
+    assert [h["iteration"] for h in result.history] == [3, 6]      # 9 images, ragged batch kept
+    assert result.history[-1]["test_error"] in (0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1)
+    assert len(result.probes["layer_responses"]) >= 7
