@@ -2,7 +2,8 @@
 
 `ray_session(address=None)` starts a private local Ray (all cores, no dashboard) and shuts
 it down afterwards; `ray_session("auto" | "HOST:PORT")` connects to a cluster started with
-`ray start --head` and leaves it running. A Ray that is already initialised in this process
+`ray start --head` and leaves it running (so does $RAY_ADDRESS, which `ray job submit`
+sets for its entrypoint). A Ray that is already initialised in this process
 (a test fixture, a notebook) is used as it is and left running.
 
 The code reaches the workers in one of two ways: installed on every node (the image of the
@@ -73,11 +74,16 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         yield RaySession(address, False, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         return
 
+    # `ray job submit` runs its entrypoint with RAY_ADDRESS set: that means the cluster.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING)
     if address is None:
         # Embedded: every core of this machine, no dashboard (it costs a process and ~1 s).
-        # Its workers inherit our environment and import the code we import: no runtime env.
-        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+        # "local" starts a new Ray even if another one runs on this machine (ray.init()
+        # would join that one). Its workers inherit our environment and import the code
+        # we import: no runtime env.
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                      include_dashboard=False)
     else:
         kwargs.update(runtime_env=runtime_env(ship_code))
         if num_cpus is not None:

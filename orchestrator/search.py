@@ -8,6 +8,7 @@ progress display see the same config shape whatever the design.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -21,7 +22,18 @@ from workers.config import TrialConfig
 MAX_REPEATED_PROPOSALS = 50
 
 
-class TrialListSearcher(Searcher):
+class _NoTuneState:
+    """resweep resumes a study from MLflow (done trials, checkpoint tags), never from
+    Tune's experiment snapshot, so searchers need not save their state there."""
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+class TrialListSearcher(_NoTuneState, Searcher):
     """Hands out a fixed list of trial configs in order, then FINISHED."""
 
     def __init__(self, configs: list[dict[str, Any]]):
@@ -40,7 +52,7 @@ class TrialListSearcher(Searcher):
         pass
 
 
-class TrialResolvingSearcher(Searcher):
+class TrialResolvingSearcher(_NoTuneState, Searcher):
     """Wraps an Optuna searcher: turns each proposal (a flat {key: value} dict) into a
     TrialConfig with `resolve`, and skips proposals whose trial_id already ran (telling
     Optuna the known result instead) so no trial runs twice.
@@ -92,7 +104,8 @@ class TrialResolvingSearcher(Searcher):
         return Searcher.FINISHED
 
     def on_trial_result(self, trial_id, result):
-        if trial_id in self.inner_ids:
+        value = result.get(self.metric)
+        if trial_id in self.inner_ids and value is not None and math.isfinite(value):
             self.inner.on_trial_result(self.inner_ids[trial_id], result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
@@ -100,9 +113,13 @@ class TrialResolvingSearcher(Searcher):
         ran = self.active.pop(trial_id, None)
         if inner_id is None:
             return
-        self.inner.on_trial_complete(inner_id, result=result, error=error)
+        value = (result or {}).get(self.metric)
+        if value is not None and not math.isfinite(value):
+            value = None  # diverged: Optuna records the proposal as pruned
+        self.inner.on_trial_complete(
+            inner_id, result={**result, self.metric: value} if value is not None else None,
+            error=error)
         if ran is not None and not error:
-            value = (result or {}).get(self.metric)
             self.known_values[ran] = value
 
 

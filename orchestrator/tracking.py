@@ -92,6 +92,9 @@ def open_client(tracking_uri: str):
     For SQLite this runs MLflow's migrations once in this process (several processes
     migrating a fresh store at once fail). A tracking server that does not answer is a
     ConfigError naming the URI."""
+    # MLflow prints a "View run ... at" line per finished run against a server; the
+    # progress display and the summary already say where the runs are.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
     db = sqlite_path(tracking_uri)

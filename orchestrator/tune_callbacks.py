@@ -80,6 +80,7 @@ class MlflowTrialLogger(Callback):
         self.last_epoch: dict[str, int] = {}    # Tune trial id -> last epoch in MLflow
         self.dropped: dict[str, int] = {}       # Tune trial id -> duplicate results dropped
         self.outcomes: dict[str, Outcome] = {}  # Tune trial id -> how it ended
+        self.workers: dict[str, tuple] = {}     # Tune trial id -> (host, pid) last logged
 
     # Tune hooks -------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -103,6 +104,11 @@ class MlflowTrialLogger(Callback):
             self.dropped[trial.trial_id] += 1
             return
         tags = {"resweep.last_epoch": str(epoch)}
+        worker = (result.get("hostname"), result.get("pid"))
+        if worker != self.workers.get(trial.trial_id):  # where the trial runs (changes
+            self.workers[trial.trial_id] = worker       # when a restart moved it)
+            tags.update({"resweep.worker_host": str(worker[0]),
+                         "resweep.worker_pid": str(worker[1])})
         checkpoint_dir = result.get("checkpoint_dir_name")
         if checkpoint_dir:
             tags["resweep.checkpoint"] = "/".join(

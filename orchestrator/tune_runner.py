@@ -15,6 +15,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -47,8 +48,19 @@ def build_tuner(job: TuneJob, callbacks: list):
 
     from orchestrator.trainable import run_trial
 
-    # Tune's JSON/CSV/TensorBoard result files: MLflow already records every result.
+    # Tune's JSON/CSV/TensorBoard result files: MLflow already records every result (and
+    # Tune's end-of-run analysis, which would read them, is not used).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote ... result files" 
+    # num_to_keep makes Tune snapshot its experiment state after checkpoints; with one
+    # checkpoint per epoch of short trials it warns about that on every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A diverged trial's last result has no validation metrics; Tune would abort the whole
+    # experiment over the missing search metric. Schedulers and the searcher skip it.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # The new output engine prints its tables even at verbose=0; the legacy one is silent.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Ctrl-C should raise KeyboardInterrupt here (the run command records the interruption
     # and exits 130), not be swallowed by Tune's graceful-stop handler.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -1,0 +1,213 @@
+"""`resweep run` on a real local Ray with real MLflow stores (SQLite and `mlflow server`).
+
+One Ray for the whole module (started once, ~7 s); the command finds it initialised and
+uses it as it is. Trials train real networks on 1,024 Fashion-MNIST images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+from orchestrator.cli import main as resweep
+from search_spaces import expand_study, load_study
+from tests.run_fixtures import (MLP, PER_EPOCH_KEYS, SMALL_CNN, client_for, steps, study_runs,
+                                write_study)
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from orchestrator.ray_session import WORKER_ENV
+
+    os.environ.update(WORKER_ENV)  # before the workers are forked from the raylet
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(study, tmp_path, uri, *extra):
+    return resweep(["run", str(study), "--tracking-uri", uri,
+                    "--storage", str(tmp_path / "ray_results"), "--quiet", *extra])
+
+
+def assert_trial_recorded(uri, child, parent_id, epochs, trial):
+    tags, params = child.data.tags, child.data.params
+    assert tags["mlflow.parentRunId"] == parent_id
+    assert tags["resweep.trial_id"] == trial.trial_id
+    assert tags["resweep.name"] == trial.name == child.info.run_name
+    assert tags["resweep.seed"] == str(trial.seed)
+    assert params["model.depth"] == str(trial.model.depth)
+    assert params["model.residual"] == str(trial.model.residual)
+    for key in ("model.block", "model.shortcut", "model.width", "data.dataset", "train.lr",
+                "seed"):
+        assert key in params
+    for key in PER_EPOCH_KEYS:  # every epoch once, step = epoch
+        assert steps(uri, child.info.run_id, key) == list(range(1, epochs + 1)), key
+    assert child.data.metrics["params"] > 0 and child.data.metrics["macs"] > 0
+    client = client_for(uri)
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"probes.json", "trial.json"} <= artifacts
+    probes = json.loads(open(client.download_artifacts(child.info.run_id, "probes.json")).read())
+    assert probes["layer_responses"] and probes["gradient_norms"]
+    trial_json = json.loads(open(client.download_artifacts(child.info.run_id,
+                                                           "trial.json")).read())
+    assert trial_json["trial_id"] == trial.trial_id
+
+
+def test_grid_two_at_a_time_every_epoch_in_sqlite_then_extend_by_one_cell(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = {"depth": [2, 4], "residual": [False, True]}
+    study = write_study(tmp_path, "grid-local", space=space)
+    assert run(study, tmp_path, uri, "--max-concurrent", "2") == 0
+
+    parents, children = study_runs(uri, "grid-local")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["resweep.study_hash"] == load_study(study).source_hash
+    assert parent.data.tags["resweep.trials.finished"] == "4"
+    assert client_for(uri).get_experiment_by_name("grid-local").tags[
+        "mlflow.experimentKind"] == "custom_model_development"
+    trials = {t.trial_id: t for t in expand_study(load_study(study))}
+    assert sorted(c.data.tags["resweep.trial_id"] for c in children) == sorted(trials)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["resweep.status"] == "finished"
+        assert_trial_recorded(uri, child, parent.info.run_id, 3,
+                              trials[child.data.tags["resweep.trial_id"]])
+    # --max-concurrent 2: never more than two trials' runs open at the same time.
+    events = sorted([(c.info.start_time, 1) for c in children] +
+                    [(c.info.end_time, -1) for c in children])
+    open_runs = [sum(delta for _, delta in events[:i + 1]) for i in range(len(events))]
+    assert max(open_runs) <= 2
+
+    # The same command again: everything is done, nothing runs, no new runs.
+    assert run(study, tmp_path, uri) == 0
+    assert len(study_runs(uri, "grid-local")[1]) == 4
+
+    # Extend the study by one cell (a residual depth-6 net): only that cell runs.
+    write_study(tmp_path, "grid-local", space={"depth": [2, 4, 6], "residual": [False, True]},
+                constraints=[{"when": {"depth": 6, "residual": False}, "skip": True}])
+    before = {c.info.run_id: c.info.end_time for c in children}
+    assert run(study, tmp_path, uri) == 0
+    parents, children = study_runs(uri, "grid-local")
+    new = [c for c in children if c.info.run_id not in before]
+    assert len(parents) == 2 and len(children) == 5 and len(new) == 1
+    assert new[0].data.params["model.depth"] == "6"
+    assert new[0].data.params["model.residual"] == "True"
+    assert new[0].data.tags["mlflow.parentRunId"] == parents[1].info.run_id
+    assert {c.info.run_id: c.info.end_time for c in children if c.info.run_id in before} \
+        == before  # the finished trials were not touched
+
+
+def test_tracking_server_and_a_diverged_trial(local_ray, tmp_path):
+    from tests.cluster_fixtures import MlflowServer
+
+    server = MlflowServer(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
+                          tmp_path / "logs")
+    with server:
+        # lr 1e4 blows the loss up in the first epoch: recorded as diverged, study goes on.
+        study = write_study(tmp_path, "grid-server", space={"train.lr": [0.02, 1.0e4]},
+                            epochs=2, lr=None, model={**MLP, "depth": 2})
+        assert run(study, tmp_path, server.url, "--max-concurrent", "2") == 0
+        parents, children = study_runs(server.url, "grid-server")
+        assert len(parents) == 1 and len(children) == 2
+        by_lr = {c.data.params["train.lr"]: c for c in children}
+        trials = {t.trial_id: t for t in expand_study(load_study(study))}
+        good, bad = by_lr["0.02"], by_lr["10000.0"]
+        assert good.info.status == "FINISHED"
+        assert_trial_recorded(server.url, good, parents[0].info.run_id, 2,
+                              trials[good.data.tags["resweep.trial_id"]])
+        assert bad.data.tags["resweep.status"] == "diverged"
+        assert bad.info.status == "FAILED"
+        assert bad.data.tags["resweep.diverged_epoch"] == "1"
+        assert parents[0].data.tags["resweep.trials.diverged"] == "1"
+
+
+def test_search_optuna_proposes_asha_stops_some_early(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    study = write_study(
+        tmp_path, "search-local", epochs=4, design="search", lr=None,
+        space={"depth": {"choice": [2, 4, 6]},
+               "train.lr": {"float": {"low": 0.001, "high": 0.3, "log": True}}},
+        search={"algorithm": "optuna-tpe", "num_samples": 8, "metric": "val_error",
+                "mode": "min", "max_concurrent": 2, "seed": 3,
+                "scheduler": {"asha": {"max_t": 4, "grace_period": 1,
+                                       "reduction_factor": 2}}})
+    assert run(study, tmp_path, uri) == 0
+    parents, children = study_runs(uri, "search-local")
+    assert len(children) == 8
+    proposals = [json.loads(c.data.tags["resweep.search_params"]) for c in children]
+    assert all(p["depth"] in (2, 4, 6) and 0.001 <= p["train.lr"] <= 0.3 for p in proposals)
+    assert len({c.data.tags["resweep.trial_id"] for c in children}) == 8
+    statuses = [c.data.tags["resweep.status"] for c in children]
+    assert "stopped" in statuses, statuses  # ASHA cut some trials short
+    for child in children:
+        last = int(child.data.tags["resweep.last_epoch"])
+        assert steps(uri, child.info.run_id, "train_error") == list(range(1, last + 1))
+        if child.data.tags["resweep.status"] == "stopped":
+            assert child.info.status == "FINISHED" and last < 4
+        else:
+            assert child.data.tags["resweep.status"] in ("finished", "diverged")
+            assert last == 4 or child.data.tags["resweep.status"] == "diverged"
+    assert parents[0].data.tags["resweep.best_trial"]
+
+
+def test_worker_killed_mid_trial_resumes_from_its_checkpoint(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    epochs = 5
+    study = write_study(tmp_path, "kill-worker", space={"residual": [False, True]},
+                        epochs=epochs, model=SMALL_CNN, lr=0.05)
+    killed: list[str] = []
+
+    def kill_one_worker_mid_trial():
+        client = client_for(uri)
+
+        def target():
+            experiment = client.get_experiment_by_name("kill-worker")
+            if experiment is None:
+                return None
+            for run in client.search_runs([experiment.experiment_id],
+                                          "tags.`resweep.kind` = 'trial'"):
+                epoch = int(run.data.tags.get("resweep.last_epoch", "0"))
+                if 2 <= epoch < epochs and "resweep.worker_pid" in run.data.tags:
+                    return run
+            return None
+
+        try:
+            from tests.run_fixtures import wait_for
+
+            run_ = wait_for(target, timeout=120, interval=0.1, what="a trial at epoch 2")
+        except TimeoutError:
+            return
+        os.kill(int(run_.data.tags["resweep.worker_pid"]), signal.SIGKILL)
+        killed.append(run_.info.run_id)
+
+    killer = threading.Thread(target=kill_one_worker_mid_trial, daemon=True)
+    killer.start()
+    assert run(study, tmp_path, uri) == 0
+    killer.join(timeout=5)
+    assert killed, "no trial was caught mid-run"
+
+    _, children = study_runs(uri, "kill-worker")
+    assert len(children) == 2
+    for child in children:
+        tags = child.data.tags
+        assert tags["resweep.status"] == "finished" and child.info.status == "FINISHED"
+        assert tags["resweep.duplicate_results"] == "0"  # resumed, did not start over
+        for key in ("val_error", "train_error", "iteration"):
+            assert steps(uri, child.info.run_id, key) == list(range(1, epochs + 1))
+    victim = next(c for c in children if c.info.run_id == killed[0])
+    assert int(victim.data.tags["resweep.worker_failures"]) >= 1
+    # Iterations continue where the checkpoint left them: a restart from scratch would
+    # have reported epochs 1.. again (dropped and counted as duplicates above).
+    history = client_for(uri).get_metric_history(victim.info.run_id, "iteration")
+    per_epoch = history[0].value
+    assert [m.value for m in history] == [per_epoch * e for e in range(1, epochs + 1)]
