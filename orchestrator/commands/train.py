@@ -21,9 +21,10 @@ debug a configuration, or measure the engine on a machine that has only torch.
 
 Pick the trial:
   resweep train STUDY.yaml --list                       # the study's trials (name, id)
-  resweep train STUDY.yaml --trial resnet-20-s0         # by name, or by trial id (prefix)
+  resweep train STUDY.yaml --trial resnet-56-A-w0.5-s0  # by name, or by trial id (prefix)
   resweep train STUDY.yaml --set model.depth=56 --set model.residual=true
-                                                        # overrides that leave one trial
+      # --set on a key the study varies selects trials; on any other key it overrides
+      # the study file (e.g. --set train.epochs=2); together they must leave one trial
   resweep train --config trial.json [--set train.epochs=2]   # a saved TrialConfig
 
 examples:
@@ -42,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trial name or trial id (a unique prefix of at least 4 hex digits)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
-                        help="override a setting, e.g. model.depth=56 or train.epochs=2 "
-                             "(repeatable; with STUDY the study's override rules apply)")
+                        help="model.depth=56, train.epochs=2, ... (repeatable). With STUDY: "
+                             "a key the study varies selects trials, any other key "
+                             "overrides the study file; with --config: sets that field")
     parser.add_argument("--config", metavar="TRIAL.JSON",
                         help="run the trial in this JSON file (TrialConfig.to_dict format) "
                              "instead of one from a study")
