@@ -25,10 +25,17 @@ _SEARCH_DRAW_ATTEMPTS = 50  # proposals tried per sample before giving up on a f
 
 
 def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
-               refresh_calibration: bool = False) -> dict[str, Any]:
-    """The plan as JSON-ready data: trials, totals and the cost model used."""
+               refresh_calibration: bool = False,
+               gpu_memory_bytes: int | None = None) -> dict[str, Any]:
+    """The plan as JSON-ready data: trials, totals and the cost model used.
+
+    For a GPU study it also estimates each trial's GPU memory and checks that the trials
+    sharing one GPU fit (`workers.memory`): in `gpu_memory_bytes`, else in this machine's
+    first GPU; with neither, the estimates are shown without a verdict.
+    """
     trials, cells, note = _trials_of(study)
     uses_gpu = study.resources.gpu > 0
+    packing = _gpu_packing(trials, gpu_memory_bytes) if uses_gpu else None
     calibrations: dict[str, Calibration] = {}
     rows = []
     measured: dict[tuple, Calibration] = {}  # refresh each (device, threads) only once
@@ -49,6 +56,8 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
             "train_images": cost.train_images, "eval_images": cost.eval_images,
             "est_seconds": round(cost.seconds, 1),
             "device_share": _share_text(study),
+            **({"est_gpu_memory_bytes": packing.per_trial_bytes.get(trial.name)}
+               if packing else {}),
             "config": trial.to_dict()})
     slots, machine = _slots(study, cpus, gpus)
     wall = wall_seconds([r["est_seconds"] for r in rows], slots)
@@ -71,9 +80,28 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
                 "calibrations": [vars(c) for c in calibrations.values()]}}
     if note:
         plan["note"] = note
+    if packing is not None:
+        plan["gpu_memory"] = {k: v for k, v in packing.to_dict().items()
+                              if k != "per_trial_bytes"}
     if study.search is not None:
         plan["search"] = {**study.search.model_dump(), "space": search_space(study)}
     return plan
+
+
+def _gpu_packing(trials: list[TrialConfig], device_bytes: int | None):
+    """workers.memory's estimates and packing verdict, without raising or warning."""
+    import warnings
+
+    from workers.memory import check_gpu_packing
+
+    if device_bytes is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device_bytes = torch.cuda.get_device_properties(0).total_memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the verdict is printed with the plan
+        return check_gpu_packing(trials, device_bytes, refuse=False)
 
 
 def _threads(trial: TrialConfig) -> int:
@@ -177,18 +205,21 @@ def format_count(n: float) -> str:
 def format_table(plan: dict[str, Any]) -> str:
     """The human-readable plan: header, one row per trial, totals, cost-model note."""
     varied = plan["varied"]
+    gpu_memory = "gpu_memory" in plan
     headers = ["name", "trial_id"] + [v.split(".")[-1] for v in varied] + \
-        ["params", "MACs", "iters", "est. time", "device"]
+        ["params", "MACs", "iters", "est. time"] + (["GPU mem"] if gpu_memory else []) + \
+        ["device"]
     rows = []
     for r in plan["trials"]:
         rows.append([r["name"], r["trial_id"]] +
                     [format_value(r["params"].get(v)) for v in varied] +
                     [format_count(r["param_count"]), format_count(r["macs"]),
-                     f"{r['iterations']:,}", format_duration(r["est_seconds"]),
-                     r["device_share"]])
+                     f"{r['iterations']:,}", format_duration(r["est_seconds"])] +
+                    ([f"{r['est_gpu_memory_bytes'] / 2**30:.2f} GiB"] if gpu_memory else []) +
+                    [r["device_share"]])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    numeric = {"params", "MACs", "iters", "est. time"}
+    numeric = {"params", "MACs", "iters", "est. time", "GPU mem"}
 
     def line(cells):
         return "  ".join(c.rjust(w) if headers[i] in numeric else c.ljust(w)
@@ -213,6 +244,10 @@ def format_table(plan: dict[str, Any]) -> str:
         threads = f", {c['threads']} thread(s)" if c["threads"] else ""
         out.append(f"cost model: {c['device']}{threads}: {c['macs_per_s'] / 1e9:.1f} "
                    f"GMAC/s training ({c['measured']})")
+    if gpu_memory:
+        g = plan["gpu_memory"]
+        verdict = {"refuse": "DOES NOT FIT", "warn": "tight"}.get(g["verdict"], g["verdict"])
+        out.append(f"GPU memory ({verdict}): {g['message']} (estimates: workers/memory.py)")
     if plan.get("note"):
         out.append(f"note: {plan['note']}")
     return "\n".join(out)

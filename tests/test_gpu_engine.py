@@ -314,3 +314,22 @@ def test_lr_change_reaches_the_captured_graph():
         step(x, y)
         moves.append(max(float((p.detach() - b).abs().max()) for p, b in zip(model.parameters(), before)))
     assert moves[0] > 0 and moves[1] == 0 and 0 < moves[2] < moves[0]
+
+
+def test_plan_shows_gpu_memory_and_the_packing_verdict():
+    from search_spaces import load_study
+    from search_spaces.plan import format_table, plan_study
+
+    study = load_study("search_spaces/degradation.yaml")
+    fits = plan_study(study, cpus=4, gpus=1, gpu_memory_bytes=80 * GIB)
+    rows = {r["name"]: r["est_gpu_memory_bytes"] for r in fits["trials"]}
+    assert len(rows) == 9 and rows["resnet-110-A-w1-s0"] > rows["resnet-56-A-w1-s0"] > \
+        rows["resnet-20-A-w1-s0"] > CUDA_CONTEXT_BYTES
+    assert rows["plain-56-A-w1-s0"] == rows["resnet-56-A-w1-s0"]   # same tensors saved
+    memory = fits["gpu_memory"]
+    assert (memory["verdict"], memory["trials_per_gpu"]) == ("ok", 4)
+    assert memory["packed_bytes"] == sum(sorted(rows.values())[-4:])
+    assert "GPU memory (ok): 4 trial(s) per GPU" in format_table(fits)
+    small = plan_study(study, cpus=4, gpus=1, gpu_memory_bytes=3 * GIB)
+    assert small["gpu_memory"]["verdict"] == "refuse"
+    assert "GPU memory (DOES NOT FIT): resources.gpu: got 0.25" in format_table(small)

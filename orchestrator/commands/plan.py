@@ -21,6 +21,11 @@ the measured share of packing (4 trials: 0.7x of a lone trial each). Wall time a
 Ray starts a pending trial as soon as a slot frees: slots = CPUs / resources.cpu (or
 GPUs / resources.gpu), capped by search.max_concurrent.
 
+GPU studies also show each trial's estimated GPU memory (parameters, gradients, momentum,
+activations from a meta-device forward at the batch size and precision, the data set held
+on the GPU, CUDA context) and whether the 1/gpu trials that share a GPU fit in it
+(--gpu-memory, or this machine's GPU).
+
 examples:
   resweep plan search_spaces/degradation.yaml
   resweep plan search_spaces/degradation-quick.yaml --set train.epochs=2 --json
@@ -41,6 +46,9 @@ def add_arguments(parser) -> None:
                         help="CPUs to plan for (default: this machine's)")
     parser.add_argument("--gpus", type=int, default=None, metavar="N",
                         help="GPUs to plan for (default: this machine's, or 1 if none)")
+    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+                        help="GPU memory to check packed trials against (default: this "
+                             "machine's first GPU; none: estimates only)")
     parser.add_argument("--recalibrate", action="store_true",
                         help="measure this machine's throughput again")
 
@@ -52,8 +60,9 @@ def main(args) -> int:
     from search_spaces.plan import format_table, plan_study
 
     study = load_study(args.study, args.overrides)
+    gpu_memory = int(args.gpu_memory * 2**30) if args.gpu_memory else None
     plan = plan_study(study, cpus=args.cpus, gpus=args.gpus,
-                      refresh_calibration=args.recalibrate)
+                      refresh_calibration=args.recalibrate, gpu_memory_bytes=gpu_memory)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
