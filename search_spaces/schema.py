@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag,
+                      WithJsonSchema, field_validator)
 from typing_extensions import Annotated
 
 from models.config import BLOCKS, FAMILIES, SHORTCUTS
@@ -24,8 +24,25 @@ METRICS = ("val_error", "val_loss", "train_error", "train_loss", "test_error", "
 ALGORITHMS = ("optuna-tpe", "optuna-random")
 DESIGNS = ("grid", "ablation", "search")
 
-# One value a parameter can take in a space, baseline, vary list or constraint.
-ParamValue = Union[bool, int, float, str, None]
+_SCALAR_TYPES = (bool, int, float, str, type(None))
+
+
+def _plain_value(value: Any) -> Any:
+    """A scalar, or a flat list of scalars (a list-valued field such as `stages`, or the
+    any-of list of a constraint); what each key accepts is checked per key later."""
+    if isinstance(value, _SCALAR_TYPES):
+        return value
+    if isinstance(value, list) and all(isinstance(v, _SCALAR_TYPES) for v in value):
+        return value
+    raise ValueError("should be a plain value (true/false, a number, text or null) or a "
+                     "flat list of them")
+
+
+_SCALAR_SCHEMA = {"type": ["boolean", "integer", "number", "string", "null"]}
+# One value a parameter can take in a space, baseline, vary list or constraint. One
+# validator rather than a Union, so a wrong value gives one error, not one per type.
+ParamValue = Annotated[Any, PlainValidator(_plain_value), WithJsonSchema(
+    {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]})]
 
 
 class _Spec(BaseModel):
@@ -166,7 +183,7 @@ SPACE_TAGS = ("values", "choice distribution", "int distribution", "float distri
 
 # ---- constraints, search settings, the study ------------------------------------------
 
-Condition = dict[str, Union[ParamValue, list[ParamValue]]]
+Condition = dict[str, ParamValue]
 
 
 class ConstraintSpec(_Spec):
@@ -178,7 +195,7 @@ class ConstraintSpec(_Spec):
 
     when: Condition = Field(min_length=1)
     skip: Optional[bool] = None
-    require: Optional[Condition] = None
+    require: Optional[Annotated[Condition, Field(min_length=1)]] = None
 
 
 class AshaSpec(_Spec):

@@ -115,11 +115,15 @@ def load_study_text(text: str, filename: str = "<study>",
         raise StudyError(_in_file_order(problems))
     problems += apply_overrides(data, overrides, locations)
 
+    schema_count = len(problems)
     spec, bad_sections = _validate_types(data, locations, problems)
+    partly_bad = frozenset(p.path.split(".")[0].split("[")[0]
+                           for p in problems[schema_count:])
     keys: dict[str, ParamKey] = {}
     expansion = None
     if spec is not None:
-        semantic, keys = semantic_problems(spec, bad_sections, locations, RECIPES)
+        semantic, keys = semantic_problems(spec, bad_sections, locations, RECIPES,
+                                           partly_bad)
         problems += semantic
         needed = {"design", "space", "baseline", "vary", "constraints", "model", "data",
                   "train", "repeats", "seeds", "max_trials", "resources", "name"}

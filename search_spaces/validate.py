@@ -10,6 +10,7 @@ once, not echoed by every check that reads it.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from typing import Any
 
@@ -49,34 +50,31 @@ def _allowed(e: dict) -> str:
     msg = e["msg"]
     if e["type"] == "literal_error":
         return "allowed: " + msg.removeprefix("Input should be ")
-    if e["type"] == "union_tag_invalid" or e["type"] == "list_type" and \
-            isinstance(e["input"], dict):
+    if e["loc"][:1] == ("space",) and len(e["loc"]) >= 2 and (
+            e["type"] == "union_tag_invalid" or
+            e["type"] == "list_type" and isinstance(e["input"], dict)):
         return "should be a list of values or a distribution {choice: [...]}, " \
                "{int: {low, high}} or {float: {low, high}}"
     if e["type"] == "string_pattern_mismatch":
         return "allowed: letters, digits, '.', '_' and '-', starting with a letter or digit"
     if msg.startswith("Value error, "):
         return msg.removeprefix("Value error, ")
-    msg = msg.replace("Input should be", "should be")
+    msg = re.sub(r" or instance of \w+", "", msg.replace("Input should be", "should be"))
     return msg[:1].lower() + msg[1:]
 
 
 def _fields_at(loc: tuple) -> list[str]:
     """Field names of the spec model at `loc` (for "allowed keys: ...")."""
-    model: Any = StudySpec
-    for part in loc:
-        if part in _TAG_MODELS:
-            model = _TAG_MODELS[part]
+    tags = [i for i, part in enumerate(loc) if part in _TAG_MODELS]
+    model: Any = _TAG_MODELS[loc[tags[-1]]] if tags else StudySpec
+    for part in loc[tags[-1] + 1:] if tags else loc:
+        if isinstance(part, int):  # a list item: the same model
             continue
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            field = model.model_fields.get(part) if isinstance(part, str) else None
-            model = _inner_model(field.annotation) if field else None
-        # dict keys / list indices: stay on the container's item model
+        field = model.model_fields.get(part)
+        model = _inner_model(field.annotation) if field else None
         if model is None:
             return []
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+    return list(model.model_fields)
 
 
 def _inner_model(annotation):
@@ -104,8 +102,12 @@ class _Report:
 
 
 def semantic_problems(spec: StudySpec, bad_sections: set[str], locations: Locations,
-                      recipes: dict) -> tuple[list[Problem], dict[str, ParamKey]]:
-    """Cross-field checks; returns problems and the parsed parameter keys (text -> key)."""
+                      recipes: dict, partly_bad: frozenset[str] = frozenset()
+                      ) -> tuple[list[Problem], dict[str, ParamKey]]:
+    """Cross-field checks; returns problems and the parsed parameter keys (text -> key).
+
+    bad_sections: top-level sections dropped whole for schema errors (checks reading
+    them are skipped); partly_bad: sections with some schema error (not called empty)."""
     report = _Report(locations)
     keys: dict[str, ParamKey] = {}
 
@@ -113,7 +115,7 @@ def semantic_problems(spec: StudySpec, bad_sections: set[str], locations: Locati
         return not bad_sections.intersection(sections)
 
     if ok("design", "space", "baseline", "vary", "search"):
-        _check_design_sections(spec, report)
+        _check_design_sections(spec, report, partly_bad)
     if ok("space", "baseline", "vary", "constraints"):
         _check_param_keys(spec, report, keys)
     if ok("space", "baseline", "vary", "model", "data", "train"):
@@ -152,12 +154,12 @@ def semantic_problems(spec: StudySpec, bad_sections: set[str], locations: Locati
     return report.problems, keys
 
 
-def _check_design_sections(spec: StudySpec, report: _Report) -> None:
+def _check_design_sections(spec: StudySpec, report: _Report, partly_bad) -> None:
     needs = {"grid": ("space",), "ablation": ("baseline", "vary"),
              "search": ("space", "search")}[spec.design]
     allowed = set(needs)
     for section in needs:
-        if getattr(spec, section) in (None, {}):
+        if getattr(spec, section) in (None, {}) and section not in partly_bad:
             what = {"space": "a mapping of keys to " + (
                         "distributions" if spec.design == "search" else "lists of values"),
                     "baseline": "a mapping of keys to values",
