@@ -79,7 +79,7 @@ def test_section_specs_cover_their_config_fields(spec, config):
 
 
 def test_degradation_quick_matches_the_anchor_setup():
-    """ANCHORS.md's 2-core setup: Fashion-MNIST, 10,240 images, width 0.5, batch 128,
+    """The measured 2-core setup: Fashion-MNIST, 10,240 images, width 0.5, batch 128,
     5 epochs cosine from lr 0.1, one thread per trial, no augmentation."""
     trials = expand_study(load_study("search_spaces/degradation-quick.yaml"))
     assert {(t.model.residual, t.model.depth) for t in trials} == \
