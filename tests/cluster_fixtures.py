@@ -1,12 +1,15 @@
-"""The cluster stack's parts, run natively for tests: PostgreSQL and an MLflow tracking server.
+"""The cluster stack's parts, run natively for tests: PostgreSQL, an MLflow tracking
+server on it, and a token-authenticated Ray head.
 
-The same two services as docker-compose.yml's `postgres` and `mlflow`, started from the
-binaries on this machine instead of from images (no Docker engine runs here):
+The same services as docker-compose.yml's `postgres`, `mlflow` and `ray-head`, started
+from the binaries on this machine instead of from images (no Docker engine runs here):
 
-    with postgres_server(workdir) as pg:               # initdb + pg_ctl start on 127.0.0.1
-        with MlflowServer(pg.sqlalchemy_uri, artifacts_dir) as server:
+    with postgres_server() as pg:                      # initdb + pg_ctl start on 127.0.0.1
+        with MlflowServer(pg.sqlalchemy_uri, artifacts_dir, log_dir) as server:
             ...  server.url -> "http://127.0.0.1:PORT"
             server.kill(); server.start()               # a crash and a restart
+    with RayHead(log_dir) as head:                     # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN
+        ...  head.address -> "127.0.0.1:PORT", head.env -> what a driver must export
 
 PostgreSQL refuses to run as root, so as root its binaries run as the system user
 `postgres` (created by Debian's `postgresql-common`) through `runuser`. Helpers raise
@@ -250,3 +253,71 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.kill(signal.SIGTERM)
+
+
+class RayHead:
+    """`ray start --head` on 127.0.0.1 with token authentication, as the compose `ray-head`.
+
+    The token is passed as RAY_AUTH_TOKEN (as the stack's .env does); a driver reaches the
+    head with `resweep run --address 127.0.0.1:PORT` and the same two variables. Stopped by
+    signalling its process group, never with `ray stop` (that stops every Ray on the
+    machine, other sessions' too).
+    """
+
+    def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120):
+        self.log_dir = Path(log_dir)
+        self.num_cpus = num_cpus
+        self.start_timeout_s = start_timeout_s
+        self.port = free_port()
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "RayHead":
+        ray = Path(sys.executable).with_name("ray")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / "ray-head.log"
+        # Every port with a fixed default gets a free one: other Rays may run here. No
+        # Ray Client server (--ray-client-server-port): it needs ray[client], which only the
+        # image installs (docker/requirements-cluster.txt).
+        command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                   "--port", str(self.port), "--num-cpus", str(self.num_cpus),
+                   "--num-gpus", "0", "--include-dashboard", "false",
+                   "--dashboard-port", str(free_port()),
+                   "--dashboard-agent-listen-port", str(free_port()),
+                   "--disable-usage-stats"]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(command, env=dict(os.environ, **self.env),
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"ray start --head exited with {self.process.returncode}:\n"
+                                 f"{log_path.read_text(errors='replace')[-3000:]}")
+            if b"Ray runtime started" in log_path.read_bytes():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"ray start --head not up after {self.start_timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self.process = None
+
+    def __enter__(self) -> "RayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
