@@ -6,6 +6,7 @@ directly is fast (Fashion-MNIST's 60k training images load in well under a secon
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 from dataclasses import dataclass
@@ -45,7 +46,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_fashion_mnist(root: str | None = None) -> ImageArrays:
-    folder = require_dataset("fashion-mnist", root)
+    return _read_fashion_mnist_folder(require_dataset("fashion-mnist", root))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_fashion_mnist_folder(folder: Path) -> ImageArrays:
+    """Decoded once per process (a reused Ray worker or a test session reads it again
+    otherwise); callers index or copy these tensors and never write to them."""
 
     def images(name: str) -> torch.Tensor:  # (N, 28, 28) -> (N, 1, 28, 28)
         return torch.from_numpy(read_idx(idx_file(folder, name)).copy()).unsqueeze(1)
