@@ -22,6 +22,7 @@ import torch
 from models.errors import ConfigError
 from workers.augment import Normalize, channel_stats, random_crop_flip
 from workers.config import DATASETS, TrialConfig
+from workers.locate import DataNotFoundError
 from workers.readers import ImageArrays, make_synthetic, read_cifar, read_fashion_mnist
 
 SPLIT_SEED = 0                 # the train/validation permutation: fixed, not the trial seed
@@ -146,7 +147,20 @@ def _check_matches_model(config: TrialConfig, channels: int, size: int, classes:
 
 
 def read_arrays(config: TrialConfig) -> ImageArrays:
-    """The official splits of a small data set, on the CPU."""
+    """The official splits of a small data set, on the CPU. With `data.download`, a
+    missing fashion-mnist/cifar set is first downloaded with torchvision (network needed)."""
+    try:
+        return _read_arrays(config)
+    except DataNotFoundError:
+        if not config.data.download:
+            raise
+        from workers.fetch import download  # torchvision only when needed
+        if not download(config.data.dataset, config.data.root):
+            raise
+        return _read_arrays(config)
+
+
+def _read_arrays(config: TrialConfig) -> ImageArrays:
     data = config.data
     if data.dataset == "fashion-mnist":
         return read_fashion_mnist(data.root)

@@ -42,6 +42,11 @@ def _apt_install() -> bool:
     return subprocess.run(command, env=env).returncode == 0
 
 
+def download(dataset: str, root: str | None = None) -> bool:
+    """Download `dataset` with torchvision into `root` (default ./data); True on success."""
+    return _torchvision_download(dataset, Path(root) if root is not None else LOCAL_DATA)
+
+
 def _torchvision_download(dataset: str, root: Path) -> bool:
     """Download with torchvision into `root`; False when there is no network (or it fails)."""
     import torchvision.datasets as tv  # heavy: only when we really download
