@@ -105,7 +105,8 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
     kinds = [(r, t) for r, t in kinds if (data["residual"] == r).any()]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.4), sharey=True,
                              squeeze=False)
-    finals = []
+    held_out = _held_out_metric(data)
+    finals, markers_used = [], {}
     for ax, (residual, title) in zip(axes[0], kinds):
         part = data[data["residual"] == residual]
         series_markers = {s: MARKERS[i % len(MARKERS)]
@@ -113,36 +114,64 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
         many_series = len(series_markers) > 1
         for (label, depth, series), cell in part.groupby(["label", "depth", "series"],
                                                          sort=False):
-            mean = cell.groupby("epoch")[["train_error", "test_error"]].mean().sort_index()
+            keys = [k for k in ("train_error", held_out, "test_error") if k in cell]
+            mean = cell.groupby("epoch")[list(dict.fromkeys(keys))].mean().sort_index()
             marker = series_markers[series] if many_series else None
-            style = dict(color=colours[int(depth)], marker=marker, markersize=3.5,
+            style = dict(color=colours[int(depth)], markersize=3.5,
                          markevery=max(1, len(mean) // 8))
-            ax.plot(mean.index, 100 * mean["train_error"], "--", lw=1.4, **style)
-            test = mean["test_error"].dropna() if "test_error" in mean else mean.iloc[:0]
-            if not test.empty:
-                ax.plot(test.index, 100 * test, "-", lw=1.8, **style)
-                finals.append(test.iloc[-1])
+            ax.plot(mean.index, 100 * mean["train_error"], "--", lw=1.4, marker=marker, **style)
             finals.append(mean["train_error"].dropna().iloc[-1])
+            solid = mean[held_out].dropna() if held_out in mean else mean.iloc[:0, 0]
+            if not solid.empty:
+                ax.plot(solid.index, 100 * solid, "-", lw=1.8, marker=marker, **style)
+                finals.append(solid.iloc[-1])
+            if held_out != "test_error" and "test_error" in mean:
+                # Test error evaluated only now and then (eval_every): its points, starred.
+                test = mean["test_error"].dropna()
+                ax.plot(test.index, 100 * test, ls="", marker="*", markersize=9,
+                        color=colours[int(depth)], markeredgecolor="white", markeredgewidth=0.5)
+                finals += test.tolist()
         ax.set_title(title)
         ax.set_xlabel("epoch")
         _integer_ticks(ax)
         _percent_axis(ax, "error (%)")
-        handles = [Line2D([], [], color=colours[int(d)], lw=2, label=f"{d} layers")
-                   for d in sorted(part["depth"].unique())]
-        handles += [Line2D([], [], color="0.3", ls="--", lw=1.4, label="training error"),
-                    Line2D([], [], color="0.3", ls="-", lw=1.8, label="test error")]
-        if many_series:
-            handles += [Line2D([], [], color="0.3", marker=m, ls="", label=s)
-                        for s, m in series_markers.items()]
-        ax.legend(handles=handles, loc="upper right", frameon=False)
+        markers_used.update(series_markers if many_series else {})
+    # One legend for both panels, under them: it never hides a curve.
+    handles = [Line2D([], [], color=colours[int(d)], lw=2, label=f"{d} layers")
+               for d in sorted(data["depth"].unique())]
+    handles += [Line2D([], [], color="0.3", ls="--", lw=1.4, label="training error"),
+                Line2D([], [], color="0.3", ls="-", lw=1.8,
+                       label=held_out.replace("_", " ").replace("val ", "validation "))]
+    if held_out != "test_error" and "test_error" in data and data["test_error"].notna().any():
+        handles.append(Line2D([], [], color="0.3", ls="", marker="*", markersize=9,
+                              label="test error"))
+    handles += [Line2D([], [], color="0.3", marker=m, ls="", label=s)
+                for s, m in markers_used.items()]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncols=min(len(handles), 8), frameon=False)
     # Like the paper's Fig. 1, zoom on the end of training: the first epochs' high errors
     # would squash the differences that matter.
     top = min(100.0, 100 * max(finals) * 2.2 + 2) if finals else 100.0
     axes[0][0].set_ylim(0, top)
-    fig.suptitle("Training curves: training error (dashed) and test error (solid)", y=1.02)
+    solid_name = "test error" if held_out == "test_error" else "validation error"
+    fig.suptitle(f"Training curves: training error (dashed) and {solid_name} (solid)", y=1.02)
+    note = ("" if held_out == "test_error" else
+            " The test set was evaluated only at some epochs (stars); the solid lines show "
+            "the validation error, measured every epoch.")
     return _save(fig, out_dir, "1-training-curves", "Training curves",
-                 "Final-epoch errors decide the degradation question; here the whole run. "
-                 "Mean over seeds. " + _seed_note(done))
+                 "Errors at the end of each epoch, mean over seeds." + note + " "
+                 + _seed_note(done))
+
+
+def _held_out_metric(data: pd.DataFrame) -> str:
+    """test_error when it was measured at most epochs, else val_error (every epoch)."""
+    epochs = data["epoch"].nunique()
+    test_epochs = data.dropna(subset=["test_error"])["epoch"].nunique() \
+        if "test_error" in data else 0
+    if test_epochs >= max(2, epochs // 2) or "val_error" not in data or \
+            data["val_error"].notna().sum() == 0:
+        return "test_error"
+    return "val_error"
 
 
 # 2. Degradation map ------------------------------------------------------------------------
@@ -188,21 +217,26 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
         _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
         ax.set_title(f"final {metric.replace('_', ' ')} vs depth")
         if metric == "train_error":
-            for series, onset in findings.onsets.items():
-                if onset.depth is None:
-                    continue
-                row = agg[(agg["series"] == series) & (agg["depth"] == onset.depth)]
-                y = 100 * row["train_error_mean"].iloc[0]
-                ax.annotate(f"degradation onset\n(depth {onset.depth})", (onset.depth, y),
-                            xytext=(-105, -12), textcoords="offset points", fontsize=8.5,
-                            ha="left", va="center",
-                            arrowprops=dict(arrowstyle="->", color="0.25"), color="0.15")
+            _mark_onsets(ax, agg, findings)
         ax.legend(frameon=False, loc="upper left")
     fig.suptitle("Degradation map: error against depth, plain vs residual", y=1.02)
     return _save(fig, out_dir, "2-degradation-map", "Degradation map",
                  "Lines: mean over seeds; bands: 95% t-interval; dots: single seeds. "
                  "Plain nets dashed (warm colours), residual nets solid (cool colours). "
                  + _seed_note(done))
+
+
+def _mark_onsets(ax, agg: pd.DataFrame, findings: Findings) -> None:
+    """Ring the point where each plain series starts to degrade (see findings.find_onset)."""
+    points = []
+    for series, onset in findings.onsets.items():
+        row = agg[(agg["series"] == series) & (agg["depth"] == onset.depth)]
+        if onset.depth is not None and not row.empty:
+            points.append((onset.depth, 100 * row["train_error_mean"].iloc[0]))
+    if points:
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, s=260, facecolors="none", edgecolors="black", linewidths=1.4,
+                   zorder=5, label="degradation onset")
 
 
 # 3. Shortcut options -----------------------------------------------------------------------
@@ -298,8 +332,8 @@ def plot_layer_responses(probes: pd.DataFrame, out_dir: Path) -> FigureFile | No
     axes[0].set_title("responses in network order")
     axes[1].set_title("responses sorted by magnitude")
     _legend_by_depth(axes[1], profile, styles)
-    fig.suptitle("Layer responses (paper Fig. 7): residual functions respond less than "
-                 "plain layers", y=1.02)
+    fig.suptitle("Layer responses (paper Fig. 7): std of each layer's output, plain vs "
+                 "residual", y=1.02)
     return _save(fig, out_dir, "4-layer-responses", "Layer responses",
                  "Standard deviation of each layer's output after batch norm, before the "
                  "addition and ReLU, on a probe batch at the end of training; mean over "
@@ -338,7 +372,7 @@ def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None
                     color=colours[int(depth)], label=label)
         ax.set_yscale("log")
         ax.set_title(title)
-        ax.set_xlabel("block index (input -> output)")
+        ax.set_xlabel("block index (1 = stem, last = classifier)")
         ax.set_ylabel("weight-gradient L2 norm (log scale)")
         ax.grid(True, which="both", alpha=0.25)
         _integer_ticks(ax)

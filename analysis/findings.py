@@ -97,13 +97,14 @@ class Onset:
     test: str
     checked: list[tuple[int, int, Comparison]] = field(default_factory=list)
 
-    def describe(self) -> str:
+    def describe(self, with_test: bool = True) -> str:
+        test = f" ({self.test})" if with_test else ""
         if self.depth is None:
-            return f"no degradation: no deeper net is worse than a shallower one ({self.test})"
+            return f"no degradation: no deeper net is worse than a shallower one{test}"
         c = self.comparison
         p_text = f", p = {c.p_value:.2g}" if c.p_value is not None else ""
         return (f"onset at depth {self.depth}: training error {pp_diff(c.diff, c.ci)} over "
-                f"depth {self.shallower}{p_text} ({self.test})")
+                f"depth {self.shallower}{p_text}{test}")
 
 
 def describe_test(seed_counts, margin: float = MARGIN, alpha: float = ALPHA) -> str:
@@ -267,7 +268,7 @@ def _claim_degradation(done: pd.DataFrame, onsets: dict[str, Onset], margin: flo
                      "needs finished plain nets at two or more depths", "-")
     evidence, found = [], False
     for series, onset in onsets.items():
-        evidence.append(_series_values_text(done, series) + "; " + onset.describe())
+        evidence.append(_series_values_text(done, series) + "; " + onset.describe(False))
         found = found or onset.depth is not None
     test = next(iter(onsets.values())).test
     return Claim(claim, source, SUPPORTED if found else NOT_SUPPORTED, " | ".join(evidence), test)

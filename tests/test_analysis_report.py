@@ -26,7 +26,8 @@ def store(tmp_path_factory):
     full = degradation_trials(seeds=2, shortcuts=("A", "B", "C"), depths=(8, 20))
     full.append(FakeTrial(26, False, 0, 0.9, 0.9, status="diverged"))
     write_study(uri, root, FULL, full)
-    write_study(uri, root, MINIMAL, degradation_trials(seeds=1, depths=(8, 20), probes=False))
+    write_study(uri, root, MINIMAL, degradation_trials(seeds=1, depths=(8, 20), probes=False,
+                                                       test_every=4))
     return uri
 
 
@@ -59,7 +60,8 @@ def test_full_study_report(store, full_report):
     assert re.search(r"SUPPORTED +Residual nets train better than their plain twins", out)
     assert re.search(r"SUPPORTED +Shortcut options A, B and C", out)
     assert re.search(r"SUPPORTED +Residual nets' layer responses", out)
-    assert "degradation onset: plain: onset at depth 20: training error +" in out
+    assert "degradation onset (final training error against depth): plain: onset at depth 20: " \
+        "training error +" in out
     assert str(tmp_path / "report.html") in out
 
     html = (tmp_path / "report.html").read_text()
@@ -131,6 +133,8 @@ def test_minimal_study_draws_only_what_its_data_supports(store, tmp_path, capsys
     assert re.search(r"NOT TESTABLE +Residual nets' layer responses", out)
     # One seed: the margin rule is used, and said so.
     assert re.search(r"SUPPORTED +Deeper plain nets", out) and "single seed" in out
+    # Test error only at the end: the curves show validation error, test error as stars.
+    assert "validation error" in html
 
 
 def test_missing_experiment_exits_2_naming_the_store(store, capsys):

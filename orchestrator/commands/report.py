@@ -63,8 +63,9 @@ def main(args) -> int:
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) in {tracking_uri}")
     print("\nPaper claims (He et al. 2015):")
     print(format_claims_text(report.findings))
+    print("\ndegradation onset (final training error against depth):")
     for line in onset_lines(report.findings):
-        print(f"\ndegradation onset: {line}")
+        print(f"  {line}")
     print(f"\nreport:  {report.html}  (self-contained; open it in a browser)")
     print(f"summary: {report.markdown}")
     print(f"figures: {report.html.parent / 'figures'}/ "
