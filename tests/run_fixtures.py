@@ -109,12 +109,12 @@ class RayHead:
     def start(self, timeout: float = 90) -> "RayHead":
         ray = str(Path(sys.executable).with_name("ray"))
         log = open(self.workdir / "ray-head.log", "wb")
-        # Every port that has a fixed default gets a free one: other Rays may be running.
+        # Ports with a fixed default get free ones: other Rays may run on this machine.
+        # (No Ray Client server: it needs ray[client], and resweep does not use it.)
         self.process = subprocess.Popen(
             [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
              "--port", str(self.port), "--num-cpus", str(self.num_cpus),
              "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-             "--ray-client-server-port", str(free_port()),
              "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

@@ -92,7 +92,31 @@ def main(args) -> int:
 
 
 def _dry_run(args) -> int:
-    """The plan, as `resweep plan` prints it (the studies engineer's code)."""
-    from orchestrator.commands import plan
+    """The plan as `resweep plan` prints it, and how many of its trials an earlier run
+    already did (those would be skipped). Starts nothing and creates no store."""
+    from search_spaces import expand_study, load_study
+    from search_spaces.plan import format_table, plan_study
 
-    return plan.main(args)
+    study = load_study(args.study, args.overrides)
+    print(format_table(plan_study(study)))
+    done = _done_earlier(study, args.tracking_uri)
+    if done is not None and study.design != "search":
+        todo = [t for t in expand_study(study) if t.trial_id not in done]
+        print(f"\nresweep run would start {len(todo)} trials; "
+              f"{len(done & {t.trial_id for t in expand_study(study)})} are already done")
+    return 0
+
+
+def _done_earlier(study, tracking_uri: str | None) -> set[str] | None:
+    """trial_ids done in the study's experiment, or None if there is no store/experiment."""
+    from orchestrator.tracking import StudyTracker, default_tracking_uri, sqlite_path
+
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        return None  # opening it would create an empty store
+    from mlflow.tracking import MlflowClient
+
+    if MlflowClient(uri).get_experiment_by_name(study.name) is None:
+        return None
+    return StudyTracker.open(uri, study.name).done_trial_ids()

@@ -1,0 +1,90 @@
+"""`resweep run --address` against a real `ray start --head` cluster (token auth) on
+127.0.0.1, with the driver as a separate process: normal completion, and a driver killed
+with SIGKILL mid-study whose rerun finishes the study with no duplicate runs.
+
+One cluster for the module; each test's driver is a `resweep` subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.run_fixtures import (MLP, SMALL_CNN, PER_EPOCH_KEYS, ray_head, run_in_subprocess,
+                                steps, study_runs, wait_for, write_study)
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with ray_head(tmp_path_factory.mktemp("ray-head")) as head:
+        yield head
+
+
+def resweep_on(cluster, study, tmp_path, uri, *extra):
+    args = ["run", str(study), "--address", cluster.address, "--tracking-uri", uri,
+            "--storage", str(tmp_path / "ray_results"), "--quiet", *extra]
+    return run_in_subprocess(args, tmp_path, env={"RAY_AUTH_MODE": "token"})
+
+
+def test_run_on_a_ray_cluster_with_address(cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    study = write_study(tmp_path, "on-cluster", space={"depth": [2, 4]}, epochs=2,
+                        model=MLP)
+    driver = resweep_on(cluster, study, tmp_path, uri)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    parents, children = study_runs(uri, "on-cluster")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["resweep.status"] == "finished"
+        for key in PER_EPOCH_KEYS:
+            assert steps(uri, child.info.run_id, key) == [1, 2]
+
+
+def test_driver_killed_mid_study_rerun_completes_without_duplicates(cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    epochs = 4
+    study = write_study(tmp_path, "driver-kill", space={"residual": [False, True]},
+                        epochs=epochs, model=SMALL_CNN, lr=0.05)
+    driver = resweep_on(cluster, study, tmp_path, uri, "--max-concurrent", "1")
+
+    def one_done_one_midway():
+        _, children = study_runs(uri, "driver-kill")
+        done = [c for c in children if c.data.tags.get("resweep.status") == "finished"]
+        midway = [c for c in children if c.data.tags.get("resweep.status") == "running"
+                  and int(c.data.tags.get("resweep.last_epoch", "0")) >= 1]
+        return (done, midway) if done and midway else None
+
+    try:
+        done, midway = wait_for(one_done_one_midway, timeout=240, interval=0.2,
+                                what="one finished trial and one in progress")
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only; the cluster lives on
+        driver.communicate(timeout=30)
+    finished_before = {c.info.run_id: c.info.end_time for c in done}
+
+    rerun = resweep_on(cluster, study, tmp_path, uri)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "1 finished" in output and "(+1 done earlier)" in output, output
+
+    parents, children = study_runs(uri, "driver-kill")
+    # The killed run's parent is continued (same study), not duplicated.
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # One run per trial: the finished one untouched, the interrupted one continued.
+    assert len(children) == 2
+    assert len({c.data.tags["resweep.trial_id"] for c in children}) == 2
+    for child in children:
+        assert child.data.tags["resweep.status"] == "finished"
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["resweep.duplicate_results"] == "0"
+        for key in ("train_error", "val_error", "iteration"):
+            assert steps(uri, child.info.run_id, key) == list(range(1, epochs + 1))
+        if child.info.run_id in finished_before:
+            assert child.info.end_time == finished_before[child.info.run_id]
+    assert midway[0].info.run_id in {c.info.run_id for c in children}
