@@ -157,6 +157,7 @@ class Gain:
     train_better: Comparison
     plain_train: float = math.nan      # mean final training errors over seeds
     residual_train: float = math.nan
+    series: str = ""                   # the residual cell's series ("resnet", "resnet B")
 
 
 def residual_gains(done: pd.DataFrame, margin: float = MARGIN,
@@ -182,8 +183,8 @@ def residual_gains(done: pd.DataFrame, margin: float = MARGIN,
             train_better=compare_greater(plain["train_error"].tolist(),
                                          res["train_error"].tolist(), margin, alpha),
             plain_train=float(plain["train_error"].mean()),
-            residual_train=float(res["train_error"].mean())))
-    return sorted(gains, key=lambda g: (g.residual.split(" ", 1)[-1], g.depth))
+            residual_train=float(res["train_error"].mean()), series=res["series"].iloc[0]))
+    return sorted(gains, key=lambda g: (g.series, g.depth))
 
 
 def _test_gain(plain: pd.DataFrame, res: pd.DataFrame) -> tuple[float, float]:

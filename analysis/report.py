@@ -212,8 +212,8 @@ def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
         _claims_html(findings),
         "<h3>Degradation onset</h3><ul>"
         + "".join(f"<li>{_e(line)}</li>" for line in onset_lines(findings)) + "</ul>",
-        f"<p class=meta>Only finished trials count. Margin: {100 * findings.margin:g} "
-        f"percentage points; significance level {findings.alpha:g}.</p>",
+        f"<p class=meta>Only finished trials count. Margin: {100 * findings.margin:g} pp "
+        f"(percentage points); significance level {findings.alpha:g}.</p>",
     ]
     if findings.gains:
         parts += ["<h3>Residual gain per depth (plain minus residual error)</h3>",
