@@ -9,7 +9,10 @@ steps; at the end of every epoch its report callback runs one block of `--steps`
 the plain loop. So each engine epoch (its own `images_per_s`: the training loop with metric
 accumulation, lr schedule and divergence checks) is paired with a plain block measured
 right after it, under the same machine load; epoch 1 and the block after it are warm-up.
-`ratio` is the median of the per-pair ratios. `end_to_end` divides all images the engine
+`ratio` is the median of the per-pair ratios; on the CPU, `cpu_time_ratio` is the same
+from the process's CPU time (plain CPU s / engine CPU s per pair, the last epoch left out
+because its report comes after the probes), which contention on a shared machine
+disturbs far less than wall time. `end_to_end` divides all images the engine
 trained by the wall time of the whole `train_trial` call (data set-up, evaluation,
 reports, probes; the plain blocks subtracted) and compares it with the plain median.
 
@@ -80,16 +83,16 @@ class PlainLoop:
         self.opt.step()
         return loss.detach()
 
-    def run(self, steps: int) -> tuple[float, float]:
-        """(images/s, seconds) of `steps` steps."""
+    def run(self, steps: int) -> tuple[float, float, float]:
+        """(images/s, wall seconds, CPU seconds of this process) of `steps` steps."""
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for _ in range(steps):
             loss = self.step()
         loss.item()  # host sync
         seconds = time.perf_counter() - started
-        return steps * self.batch / seconds, seconds
+        return steps * self.batch / seconds, seconds, time.process_time() - cpu_started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     engine_rates: list[float] = []
     plain_rates: list[float] = []
     plain_seconds: list[float] = []
+    # CPU time of this process: on a shared machine it is much less noisy than wall time.
+    # An engine epoch's CPU time = from the end of the previous plain block to its report
+    # (the training loop plus the report; no evaluation or checkpoint in between here).
+    engine_cpu: list[float] = []
+    plain_cpu: list[float] = []
+    cpu_mark = [time.process_time()]
 
     def report(metrics: dict, checkpoint_path: str | None) -> None:
+        engine_cpu.append(time.process_time() - cpu_mark[0])
         engine_rates.append(metrics["images_per_s"])
-        rate, seconds = plain.run(args.steps)
+        rate, seconds, cpu = plain.run(args.steps)
         plain_rates.append(rate)
         plain_seconds.append(seconds)
+        plain_cpu.append(cpu)
+        cpu_mark[0] = time.process_time()
 
     started = time.perf_counter()
     result = train_trial(trial, report)
@@ -157,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "pair_ratios": [round(r, 3) for r in pairs],
         "engine_median": round(engine, 1), "plain_median": round(plain_median, 1),
         "ratio": round(statistics.median(pairs), 3),
+        "cpu_time_ratio": round(statistics.median(
+            p / e for e, p in zip(engine_cpu[1:-1], plain_cpu[1:-1])), 3)
+        if device.type == "cpu" and len(engine_cpu) > 2 else None,
         "end_to_end": {"engine_images_per_s": round(e2e_engine, 1),
                        "ratio": round(e2e_engine / plain_median, 3),
                        "note": "whole train_trial call (set-up, evaluation, reports, probes) "
