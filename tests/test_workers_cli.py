@@ -106,3 +106,16 @@ def test_fetch_rejects_unknown_data_sets(capsys):
         fetch_main(["mnist-digits"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_throughput_bench_prints_its_json(capsys):
+    """The benchmark still runs (tiny sizes; the numbers are not asserted: not a timed test)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_throughput", "bench/throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--depth", "8", "--width", "0.25", "--batch", "16", "--steps", "2",
+                       "--repeats", "3", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["pair_ratios"]) == 3 and report["ratio"] > 0
+    assert report["cpu_time_ratio"] > 0 and report["end_to_end"]["ratio"] > 0
