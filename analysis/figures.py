@@ -15,6 +15,7 @@ fractions and shown in percent.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.findings import Findings, depth_free_key  # noqa: E402
+from analysis.findings import Findings, depth_free_key, twin_key  # noqa: E402
 from analysis.probes import mean_profile  # noqa: E402
 
 DPI = 150
@@ -34,6 +35,8 @@ PLAIN_COLOURS = ("#d95f02", "#e7298a", "#a6761d", "#e6ab02")    # warm: plain ne
 RESIDUAL_COLOURS = ("#1b9e77", "#386cb0", "#7570b3", "#66a61e")  # cool: residual nets
 SHORTCUT_COLOURS = {"plain": "#d95f02", "A": "#1b9e77", "B": "#386cb0", "C": "#7570b3"}
 MARKERS = ("o", "s", "^", "D", "v", "P")
+MAX_MARKED_SERIES = 4      # more series than this: no per-series markers in the curves
+MAX_INSIDE_LEGEND = 6      # more series than this: the legend goes beside the axes
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
                      "legend.fontsize": 8.5, "axes.spines.top": False,
@@ -111,7 +114,9 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
         part = data[data["residual"] == residual]
         series_markers = {s: MARKERS[i % len(MARKERS)]
                           for i, s in enumerate(sorted(part["series"].unique()))}
-        many_series = len(series_markers) > 1
+        # A marker per series (e.g. shortcut A/B/C) while few; a search study's dozens of
+        # configurations are told apart by depth colour only.
+        many_series = 1 < len(series_markers) <= MAX_MARKED_SERIES
         for (label, depth, series), cell in part.groupby(["label", "depth", "series"],
                                                          sort=False):
             keys = [k for k in ("train_error", held_out, "test_error") if k in cell]
@@ -194,6 +199,9 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
     agg = findings.aggregates
     if agg.empty or agg["depth"].nunique() < 2:
         return None
+    lines = agg.groupby(agg["cell"].map(depth_free_key))["depth"].nunique()
+    if lines.max() < 2:
+        return None  # no configuration was trained at two depths (e.g. a random search)
     metrics = [m for m in ("train_error", "test_error") if f"{m}_mean" in agg
                and agg[f"{m}_mean"].notna().any()]
     styles = _series_styles(agg)
@@ -218,7 +226,11 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
         ax.set_title(f"final {metric.replace('_', ' ')} vs depth")
         if metric == "train_error":
             _mark_onsets(ax, agg, findings)
-        ax.legend(frameon=False, loc="upper left")
+        if len(styles) <= MAX_INSIDE_LEGEND:
+            ax.legend(frameon=False, loc="upper left")
+    if len(styles) > MAX_INSIDE_LEGEND:
+        axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                           fontsize=7.5)
     fig.suptitle("Degradation map: error against depth, plain vs residual", y=1.02)
     return _save(fig, out_dir, "2-degradation-map", "Degradation map",
                  "Lines: mean over seeds; bands: 95% t-interval; dots: single seeds. "
@@ -242,46 +254,63 @@ def _mark_onsets(ax, agg: pd.DataFrame, findings: Findings) -> None:
 # 3. Shortcut options -----------------------------------------------------------------------
 
 def shortcut_table(aggregates: pd.DataFrame) -> pd.DataFrame:
-    """Rows: plain, A, B, C; columns per depth: mean train/test error and interval (only
-    depths with at least two shortcut options). Empty when the study has < 2 options."""
+    """Rows: plain, A, B, C of each group of twin cells (same depth and every other param,
+    differing only in shortcut / residual) in which at least two shortcut options were
+    trained: group, depth, option, n, mean and interval of the final errors. Empty when no
+    group has two options."""
     if aggregates.empty:
         return pd.DataFrame()
-    residual = aggregates[aggregates["residual"]]
-    counts = residual.groupby("depth")["shortcut"].nunique()
-    depths = sorted(counts[counts >= 2].index)
-    if not depths:
+    agg = aggregates.assign(twin=aggregates["cell"].map(twin_key))
+    kept = [twin for twin, g in agg.groupby("twin", sort=False)
+            if g[g["residual"]]["shortcut"].nunique() >= 2]
+    if not kept:
         return pd.DataFrame()
-    rows = aggregates[aggregates["depth"].isin(depths)].copy()
+    rows = agg[agg["twin"].isin(kept)].copy()
     rows["option"] = [s if r else "plain" for s, r in zip(rows["shortcut"], rows["residual"])]
-    keep = ["option", "depth", "n", "train_error_mean", "train_error_ci"]
+    rows["group"] = rows["twin"].map(_group_labels(kept))
+    keep = ["group", "depth", "option", "n", "train_error_mean", "train_error_ci"]
     if "test_error_mean" in rows:
         keep += ["test_error_mean", "test_error_ci"]
     order = {"plain": 0, "A": 1, "B": 2, "C": 3}
-    return (rows[keep].sort_values(["depth", "option"], key=lambda c: c.map(order)
-                                   if c.name == "option" else c).reset_index(drop=True))
+    return (rows[keep].sort_values(["depth", "group", "option"],
+                                   key=lambda c: c.map(order) if c.name == "option" else c)
+            .reset_index(drop=True))
+
+
+def _group_labels(twins: list[str]) -> dict[str, str]:
+    """"20 layers", plus the params that tell groups of the same depth apart."""
+    params = {t: json.loads(t) for t in twins}
+    keys = sorted({k for p in params.values() for k in p} - {"model.depth"})
+    varying = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
+    labels = {}
+    for twin, p in params.items():
+        extras = ", ".join(f"{k.rsplit('.', 1)[-1]}={p.get(k)}" for k in varying)
+        labels[twin] = f"{p.get('model.depth')} layers" + (f"\n{extras}" if extras else "")
+    return labels
 
 
 def plot_shortcuts(aggregates: pd.DataFrame, out_dir: Path) -> FigureFile | None:
-    """Grouped bars per depth: plain, A, B, C; mean error with 95% interval whiskers."""
+    """Grouped bars per depth (group of twin cells): plain, A, B, C; mean error with 95%
+    interval whiskers."""
     table = shortcut_table(aggregates)
     if table.empty:
         return None
     metrics = [m for m in ("train_error", "test_error") if f"{m}_mean" in table]
     options = [o for o in ("plain", "A", "B", "C") if o in set(table["option"])]
-    depths = sorted(table["depth"].unique())
+    groups = list(dict.fromkeys(table["group"]))
     width = 0.8 / len(options)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(5.2, 1.6 * len(groups) + 2)
+                                                       * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, option in enumerate(options):
-            rows = table[table["option"] == option].set_index("depth").reindex(depths)
-            xs = [j + (i - (len(options) - 1) / 2) * width for j in range(len(depths))]
+            rows = table[table["option"] == option].set_index("group").reindex(groups)
+            xs = [j + (i - (len(options) - 1) / 2) * width for j in range(len(groups))]
             ci = (100 * rows[f"{metric}_ci"]).fillna(0)
             bars = ax.bar(xs, 100 * rows[f"{metric}_mean"], width * 0.92, yerr=ci,
                           capsize=3, color=SHORTCUT_COLOURS[option],
                           label="plain (no shortcut)" if option == "plain" else f"option {option}")
             ax.bar_label(bars, fmt="%.1f", fontsize=7.5, padding=2)
-        ax.set_xticks(range(len(depths)), [f"{d} layers" for d in depths])
+        ax.set_xticks(range(len(groups)), groups)
         ax.set_xlabel("depth")
         _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
         ax.set_title(f"final {metric.replace('_', ' ')} by shortcut option")

@@ -266,7 +266,8 @@ def _claim_degradation(done: pd.DataFrame, onsets: dict[str, Onset], margin: flo
     source = "Fig. 1, Fig. 6 (left), Table 2"
     if not onsets:
         return Claim(claim, source, NOT_TESTABLE,
-                     "needs finished plain nets at two or more depths", "-")
+                     "needs finished plain nets at two or more depths that differ in nothing else",
+                     "-")
     evidence, found = [], False
     for series, onset in onsets.items():
         evidence.append(_series_values_text(done, series) + "; " + onset.describe(False))
@@ -326,7 +327,8 @@ def _claim_deeper_residual(done: pd.DataFrame, margin: float) -> Claim:
                         f"{pp_diff(rise)} ({pair[0]} -> {pair[1]})")
     if not testable:
         return Claim(claim, source, NOT_TESTABLE,
-                     "needs finished residual nets at two or more depths", "-")
+                     "needs finished residual nets at two or more depths that differ in nothing "
+                     "else", "-")
     verdict = SUPPORTED if worst_overall <= margin else NOT_SUPPORTED
     return Claim(claim, source, verdict, " | ".join(evidence),
                  f"mean training error over seeds may rise by at most {100 * margin:g} pp "
@@ -356,7 +358,7 @@ def _claim_shortcuts(aggregates: pd.DataFrame, margin: float) -> Claim:
                         f"{100 * spread:.1f} pp")
     if not spreads:
         return Claim(claim, source, NOT_TESTABLE,
-                     "the study trains fewer than two shortcut options at any depth", "-")
+                     "no depth has two shortcut options trained with everything else equal", "-")
     verdict = SUPPORTED if max(spreads) <= margin else NOT_SUPPORTED
     return Claim(claim, source, verdict, "; ".join(evidence),
                  f"spread (max - min) of the mean over seeds <= {100 * margin:g} pp at each depth")

@@ -109,7 +109,8 @@ def onset_lines(findings: Findings) -> list[str]:
     lines = [f"{series}: {onset.describe()}" for series, onset in findings.onsets.items()]
     lines += [f"{series}: {onset.describe()}"
               for series, onset in findings.residual_onsets.items()]
-    return lines or ["not testable: needs finished nets at two or more depths"]
+    return lines or ["not testable: no configuration has finished trials at two or more "
+                     "depths (with everything else equal)"]
 
 
 # Markdown ---------------------------------------------------------------------------------
@@ -264,13 +265,13 @@ def _gains_html(findings: Findings) -> str:
 
 def _shortcut_html(findings: Findings) -> str:
     table = shortcut_table(findings.aggregates)
-    rows = [[_e(r["option"]), str(r["depth"]), str(r["n"]),
+    rows = [[_e(r["group"].replace("\n", ", ")), _e(r["option"]), str(r["n"]),
              _mean_ci(r["train_error_mean"], r["train_error_ci"]),
              _mean_ci(r.get("test_error_mean"), r.get("test_error_ci"))]
             for _, r in table.iterrows()]
     return ("<p><b>Shortcut options (Table 3 style).</b></p>"
-            + _table(["option", "depth", "seeds", "final train error", "final test error"],
-                     rows, numeric={1, 2, 3, 4}))
+            + _table(["depth", "option", "seeds", "final train error", "final test error"],
+                     rows, numeric={2, 3, 4}))
 
 
 def _cells_html(findings: Findings) -> str:

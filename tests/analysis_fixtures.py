@@ -66,6 +66,7 @@ class FakeTrial:
     probes: bool = True
     test_every: int = 1     # like train.eval_every: test_error only every k epochs and last
     width: float = 0.5
+    lr: float = 0.1
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -89,7 +90,7 @@ def trial_config(study: str, fake: FakeTrial) -> TrialConfig:
     return TrialConfig(name=f"{kind}-{fake.depth}{shortcut}-w{fake.width:g}-s{fake.seed}",
                        model=model,
                        data=DataConfig(train_size=2048, val_size=512, test_size=1024),
-                       train=TrainConfig(epochs=fake.epochs, lr=0.1), seed=fake.seed,
+                       train=TrainConfig(epochs=fake.epochs, lr=fake.lr), seed=fake.seed,
                        study=study)
 
 

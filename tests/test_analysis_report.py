@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from analysis_fixtures import FakeTrial, degradation_trials, new_store, write_study
 from orchestrator.cli import main as resweep
 
-FULL, MINIMAL = "report-full", "report-minimal"
+FULL, MINIMAL, SEARCH = "report-full", "report-minimal", "report-search"
 ALL_FIGURES = ["1-training-curves", "2-degradation-map", "3-shortcuts", "4-layer-responses",
                "5-gradient-flow"]
 
@@ -28,6 +28,14 @@ def store(tmp_path_factory):
     write_study(uri, root, FULL, full)
     write_study(uri, root, MINIMAL, degradation_trials(seeds=1, depths=(8, 20), probes=False,
                                                        test_every=4))
+    # Like an Optuna search: every trial its own configuration (lr varies), some stopped
+    # early by ASHA.
+    search = [FakeTrial(depth, residual, 0, 0.1 + lr, 0.13 + lr, shortcut=shortcut, lr=lr,
+                        probes=False, status="stopped" if lr > 0.2 else "finished")
+              for depth, residual, shortcut, lr in [(8, True, "A", 0.05), (20, True, "B", 0.12),
+                                                    (8, False, "A", 0.25), (20, False, "A", 0.08),
+                                                    (14, True, "C", 0.3)]]
+    write_study(uri, root, SEARCH, search)
     return uri
 
 
@@ -137,11 +145,22 @@ def test_minimal_study_draws_only_what_its_data_supports(store, tmp_path, capsys
     assert "validation error" in html
 
 
+def test_search_study_without_comparable_cells(store, tmp_path, capsys):
+    code, out, err = run_report(capsys, SEARCH, "--tracking-uri", store, "--out",
+                                str(tmp_path), "--no-log")
+    assert code == 0, err
+    # No configuration was trained at two depths: no degradation map, nothing testable.
+    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == ["1-training-curves"]
+    assert out.count("NOT TESTABLE") == 5 and "3 finished, 2 stopped" in out
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('class="status-stopped"') == 2
+
+
 def test_missing_experiment_exits_2_naming_the_store(store, capsys):
     code, out, err = run_report(capsys, "no-such-study", "--tracking-uri", store)
     assert code == 2 and "Traceback" not in err
     assert "no experiment named 'no-such-study'" in err and store in err
-    assert FULL in err and MINIMAL in err   # what exists instead
+    assert FULL in err and MINIMAL in err and SEARCH in err   # what exists instead
 
 
 def test_study_file_resolves_to_its_name(store, capsys):
