@@ -12,6 +12,7 @@ runs only its new cells); for a search study, the proposals still missing to rea
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -179,28 +180,44 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     from search_spaces import load_study
 
     from orchestrator.ray_session import ray_session
-    from orchestrator.tracking import StudyTracker, default_tracking_uri
+    from orchestrator.tracking import StudyTracker, default_tracking_uri, sqlite_path
 
     out = out or sys.stdout
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=out, flush=True))
     started = time.monotonic()
     study = load_study(options.study_path, options.overrides)
     tracking_uri = options.tracking_uri or default_tracking_uri()
-    tracker = StudyTracker.open(tracking_uri, study.name)
-    if options.resume and not tracker.earlier:
-        raise ConfigError(f"--resume: study {study.name!r} has no earlier runs in "
-                          f"{tracking_uri}; run it without --resume to start it")
     plan = plan_search if study.design == "search" else plan_grid
-    work = plan(study, tracker, options.max_concurrent)
-    if work.num_samples == 0:
-        print(f"resweep run: study {study.name!r}: all {work.already_done} trials are "
-              f"already done in {tracking_uri}; nothing to run", file=out)
-        return EXIT_OK
+    db = sqlite_path(tracking_uri)
+    fresh_store = db is not None and not db.exists()
+    if options.resume and fresh_store:
+        raise ConfigError(f"--resume: there is no MLflow store at {db}; run the study "
+                          "without --resume to start it (or pass its --tracking-uri)")
+    opening = None
+    if fresh_store:
+        # A new SQLite store runs all of MLflow's migrations (5-15 s on 2 cores); it has
+        # no earlier runs, so there is work to do: let that overlap Ray's start-up.
+        opening = concurrent.futures.ThreadPoolExecutor(1).submit(
+            StudyTracker.open, tracking_uri, study.name)
+        tracker = work = None
+    else:
+        tracker = StudyTracker.open(tracking_uri, study.name)
+        if options.resume and not tracker.earlier:
+            raise ConfigError(f"--resume: study {study.name!r} has no earlier runs in "
+                              f"{tracking_uri}; run it without --resume to start it")
+        work = plan(study, tracker, options.max_concurrent)
+        if work.num_samples == 0:
+            print(f"resweep run: study {study.name!r}: all {work.already_done} trials are "
+                  f"already done in {tracking_uri}; nothing to run", file=out)
+            return EXIT_OK
 
     storage = storage_root(options.storage)
     experiment_name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with ray_session(options.address, num_cpus=options.num_cpus,
                      ship_code=options.ship_code) as session:
+        if opening is not None:
+            tracker = opening.result()
+            work = plan(study, tracker, options.max_concurrent)
         check_fits(work, session)
         tracker.start_study(study.name, study_hash=study.source_hash,
                             study_text=study.source_text, version=__version__,
