@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU engine's measurement as ONE command for a GPU machine that has only torch.
+#
+#   bash bench/gpu_run.sh            # from the repository root; writes $OUT/gpu_bench.json
+#
+# Expects, in the git-ignored .device/ folder of the checkout (carried to the machine):
+#   .device/reference/gpu_anchor.py  a copy of ../shared/reference/gpu_anchor.py
+#   .device/fashion-mnist/*.gz       the four Fashion-MNIST files
+#   .device/wheels/*.whl             pydantic, pydantic-core, PyYAML, typing-extensions,
+#                                    annotated-types, typing-inspection (for the study files)
+# Installs the wheels (--no-deps, offline) only if pydantic or yaml cannot be imported,
+# then runs bench/gpu.py with a hard time limit; the JSON is written after every section,
+# so a run cut short still leaves what it measured.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/resweep-gpu}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+started=$(date +%s)
+
+{
+  echo "python: $($PY --version 2>&1)"
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+} 2>&1 | tee "$OUT/env.txt"
+
+if ! $PY -c "import pydantic, yaml" 2>/dev/null; then
+  echo "installing the study-file wheels from .device/wheels" | tee -a "$OUT/env.txt"
+  $PY -m pip install --quiet --no-deps --no-index --find-links .device/wheels \
+      pydantic pydantic-core pyyaml typing-extensions annotated-types typing-inspection \
+      2>&1 | tail -3 | tee -a "$OUT/env.txt"
+fi
+
+# 300 s of sections (--budget-s) + start-up; killed at 345 s whatever happens.
+timeout 345 $PY bench/gpu.py --out "$OUT/gpu_bench.json" "$@" \
+    > "$OUT/gpu_bench.stdout.json" 2> "$OUT/gpu_bench.log"
+status=$?
+tail -n 60 "$OUT/gpu_bench.log"
+echo "bench/gpu.py exit status $status after $(( $(date +%s) - started )) s; JSON: $OUT/gpu_bench.json"
+$PY - "$OUT/gpu_bench.json" <<'PY' || true
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(json.dumps({"meta": d.get("meta"), "summary": d.get("throughput", {}).get("summary"),
+                  "packing": [(r["procs"], r["total_images_per_s"], r.get("gain_vs_one"))
+                              for r in d.get("packing", {}).get("rows", [])],
+                  "correctness": d.get("correctness", {}).get("comparison"),
+                  "degradation": {k: d.get("degradation_estimate", {}).get(k)
+                                  for k in ("serial_minutes", "packed_minutes")},
+                  "targets": d.get("targets"), "skipped": d.get("sections_skipped")}, indent=1))
+PY
+exit $status
