@@ -30,9 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from models.errors import ConfigError
 
-# resweep.status values of a trial that will not run again (contract with the orchestrator).
-DONE_STATUSES = ("finished", "diverged", "stopped")
-# Which done run of a trial_id to keep when there are several: a completed one first.
+# Which run of a trial_id to keep when there are several: a done one (finished, diverged,
+# stopped: the orchestrator never reruns those) before an interrupted or failed attempt.
 _STATUS_RANK = {"finished": 0, "diverged": 1, "stopped": 2, "interrupted": 3, "failed": 4}
 # Per-epoch metrics read back as curves (step = epoch); errors are fractions in [0, 1].
 CURVE_KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss",
