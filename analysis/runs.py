@@ -215,8 +215,12 @@ def read_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | N
 
 
 def load_study_runs(study: str, tracking_uri: str | None = None,
-                    curve_keys: tuple[str, ...] = CURVE_KEYS) -> StudyRuns:
-    """Read a study's experiment into tables (see module docstring)."""
+                    curve_keys: tuple[str, ...] = CURVE_KEYS,
+                    parent: str | None = None) -> StudyRuns:
+    """Read a study's experiment into tables (see module docstring).
+
+    parent: run id or run name of the `resweep run` whose study file is shown and to which
+    the report is logged; default the latest. The trials are those of every run."""
     tracking_uri = tracking_uri or default_tracking_uri()
     client = open_store(tracking_uri)
     experiment = find_experiment(client, study, tracking_uri)
@@ -234,6 +238,13 @@ def load_study_runs(study: str, tracking_uri: str | None = None,
     varying = label_cells(trials)
     curves = _curve_table(client, trials, curve_keys)
     latest = parents[0] if parents else None
+    if parent is not None:
+        chosen = [r for r in parents if parent in (r.info.run_id, r.info.run_name)]
+        if not chosen:
+            names = [r.info.run_name for r in parents]
+            raise ConfigError(f"--parent: got {parent!r}; the `resweep run`s of study "
+                              f"{study!r} are (newest first): {names or 'none'}")
+        latest = chosen[0]
     return StudyRuns(
         study=study, tracking_uri=tracking_uri, experiment_id=eid,
         parent_run_id=latest.info.run_id if latest else None,

@@ -53,6 +53,14 @@ def test_reruns_are_deduplicated_and_the_latest_parent_is_used(store):
     assert (rerun["parent_run_id"] == second).all()
 
 
+def test_an_earlier_parent_can_be_chosen(store):
+    uri, _, second = store
+    first = load_study_runs(STUDY, uri, parent=f"{STUDY}-20261126-100000")
+    assert first.parent_run_id != second and len(first.trials) == 8
+    with pytest.raises(ConfigError, match=f"--parent: got 'nope'.*{STUDY}-20261126-110000"):
+        load_study_runs(STUDY, uri, parent="nope")
+
+
 def test_curves_have_every_epoch_of_every_trial(store):
     uri, _, _ = store
     runs = load_study_runs(STUDY, uri)

@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
                              "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="directory for this study's report (default: reports/<study>)")
+    parser.add_argument("--parent", metavar="RUN", default=None,
+                        help="run id or name of the `resweep run` (parent run) to attach the "
+                             "report to and take the study file from (default: the latest)")
     parser.add_argument("--no-log", action="store_true",
                         help="do not attach the report to the study's MLflow parent run")
 
@@ -53,7 +56,7 @@ def main(args) -> int:
 
     name, study_file = resolve_study(args.study)
     tracking_uri = args.tracking_uri or default_tracking_uri()
-    runs = load_study_runs(name, tracking_uri)
+    runs = load_study_runs(name, tracking_uri, parent=args.parent)
     out_dir = Path(args.out) if args.out else Path("reports") / name
     study_text = study_file.read_text(encoding="utf-8") if study_file else None
     report = build_report(runs, out_dir, study_text)
