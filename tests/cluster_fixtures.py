@@ -139,7 +139,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     """
     bin_dir = find_postgres_bin_dir()
     run_as = _run_as_prefix()
-    base_dir = Path(tempfile.mkdtemp(prefix="resweep-pg-"))
+    # In /tmp even when $TMPDIR is set: the server's user must be able to reach it.
+    base_dir = Path(tempfile.mkdtemp(prefix="resweep-pg-", dir="/tmp" if run_as else None))
     password = secrets.token_hex(12)
     server = PostgresServer(bin_dir, base_dir, free_port(), password, run_as)
     try:
