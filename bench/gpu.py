@@ -122,6 +122,10 @@ class Bench:
         meta = {"torch": torch.__version__, "python": platform.python_version(),
                 "mode": "cpu-smoke" if self.args.cpu_smoke else "gpu",
                 "git_commit": _git_commit()}
+        if self.args.cpu_smoke:
+            meta["note"] = ("cpu-smoke: tiny sizes (engine nets at width 0.25, 16x16, batch "
+                            "16; the reference loop at its fixed 32x32 size, 20 layers); the "
+                            "numbers only show that every section runs")
         if torch.cuda.is_available() and not self.args.cpu_smoke:
             props = torch.cuda.get_device_properties(0)
             meta.update(device=torch.cuda.get_device_name(0),

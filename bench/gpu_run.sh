@@ -3,12 +3,13 @@
 #
 #   bash bench/gpu_run.sh            # from the repository root; writes $OUT/gpu_bench.json
 #
-# Expects, in the git-ignored .device/ folder of the checkout (carried to the machine):
+# Expects, in the git-ignored .device/ folder (bench/prepare_device.sh fills it; pass it
+# as the device tool's carry: [".device"]):
 #   .device/reference/gpu_anchor.py  a copy of ../shared/reference/gpu_anchor.py
 #   .device/fashion-mnist/*.gz       the four Fashion-MNIST files
 #   .device/wheels/*.whl             pydantic, pydantic-core, PyYAML, typing-extensions,
 #                                    annotated-types, typing-inspection (for the study files)
-# Installs the wheels (--no-deps, offline) only if pydantic or yaml cannot be imported,
+# Unpacks the wheels for this Python (no pip) only if pydantic or yaml cannot be imported,
 # then runs bench/gpu.py with a hard time limit; the JSON is written after every section,
 # so a run cut short still leaves what it measured.
 set -u
@@ -25,10 +26,19 @@ started=$(date +%s)
 } 2>&1 | tee "$OUT/env.txt"
 
 if ! $PY -c "import pydantic, yaml" 2>/dev/null; then
-  echo "installing the study-file wheels from .device/wheels" | tee -a "$OUT/env.txt"
-  $PY -m pip install --quiet --no-deps --no-index --find-links .device/wheels \
-      pydantic pydantic-core pyyaml typing-extensions annotated-types typing-inspection \
-      2>&1 | tail -3 | tee -a "$OUT/env.txt"
+  # Unpack the wheels for this Python into .device/site (no pip, no system site-packages).
+  echo "unpacking the study-file wheels from .device/wheels into .device/site" | tee -a "$OUT/env.txt"
+  $PY - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
+import glob, os, sys, zipfile
+tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+for wheel in sorted(glob.glob(".device/wheels/*.whl")):
+    python_tag = os.path.basename(wheel).split("-")[2]
+    if python_tag in ("py3", tag):
+        zipfile.ZipFile(wheel).extractall(".device/site")
+        print("unpacked", os.path.basename(wheel))
+PY
+  export PYTHONPATH="$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH}"
+  $PY -c "import pydantic, yaml; print('pydantic', pydantic.VERSION, 'yaml', yaml.__version__)" 2>&1 | tee -a "$OUT/env.txt"
 fi
 
 # 300 s of sections (--budget-s) + start-up; killed at 345 s whatever happens.
