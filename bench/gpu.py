@@ -388,9 +388,15 @@ class Bench:
                                   + (["--device", "cpu", "--threads", "1"] if self.smoke else []),
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for out in outs]
-        logs = [p.communicate(timeout=max(30, self.left()))[0] for p in popen]
+        try:
+            logs = [p.communicate(timeout=max(30, self.left()))[0] for p in popen]
+        finally:                        # a timeout or an error must not leave them running
+            for p in popen:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            used = probe.stop()
         wall = time.perf_counter() - began
-        used = probe.stop()
         per_proc, trained = [], 0
         for p, out, text in zip(popen, outs, logs):
             if p.returncode != 0 or not out.is_file():
