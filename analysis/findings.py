@@ -201,7 +201,7 @@ class Claim:
     claim: str
     source: str       # where in He et al. (2015)
     verdict: str      # SUPPORTED / NOT_SUPPORTED / NOT_TESTABLE
-    evidence: str     # the numbers behind the verdict
+    evidence: str     # the numbers behind the verdict; " | " separates items (one a line)
     test: str         # how the verdict was decided
 
 
@@ -301,7 +301,7 @@ def _claim_fix(onsets: dict[str, Onset], gains: list[Gain], margin: float,
     test = ("plain > residual training error at every depth >= the onset: "
             + describe_test([n for g in relevant for n in (g.n_plain, g.n_residual)],
                             margin, alpha))
-    return Claim(claim, source, SUPPORTED if ok else NOT_SUPPORTED, "; ".join(evidence), test)
+    return Claim(claim, source, SUPPORTED if ok else NOT_SUPPORTED, " | ".join(evidence), test)
 
 
 def _claim_deeper_residual(done: pd.DataFrame, margin: float) -> Claim:
@@ -360,7 +360,7 @@ def _claim_shortcuts(aggregates: pd.DataFrame, margin: float) -> Claim:
         return Claim(claim, source, NOT_TESTABLE,
                      "no depth has two shortcut options trained with everything else equal", "-")
     verdict = SUPPORTED if max(spreads) <= margin else NOT_SUPPORTED
-    return Claim(claim, source, verdict, "; ".join(evidence),
+    return Claim(claim, source, verdict, " | ".join(evidence),
                  f"spread (max - min) of the mean over seeds <= {100 * margin:g} pp at each depth")
 
 
@@ -387,6 +387,6 @@ def _claim_layer_responses(aggregates: pd.DataFrame, responses: dict[str, float]
         return Claim(claim, source, NOT_TESTABLE,
                      "no depth has probes of both a plain and a residual net", "-")
     return Claim(claim, source, SUPPORTED if all(results) else NOT_SUPPORTED,
-                 "; ".join(evidence),
+                 " | ".join(evidence),
                  "mean over layers (and seeds) of each layer's response std: residual < plain "
                  "at every depth")

@@ -36,8 +36,7 @@ def main(args) -> int:
     import signal
     import sys
 
-    from analysis.report import runs_view_url
-    from analysis.runs import (list_experiments, default_tracking_uri, find_experiment,
+    from analysis.runs import (default_tracking_uri, find_experiment, list_experiments,
                                open_store, resolve_study)
     from analysis.server import start_ui
 
@@ -50,10 +49,12 @@ def main(args) -> int:
             list_experiments(client)
 
     if tracking_uri.startswith(("http://", "https://")):
-        _print_addresses(tracking_uri.rstrip("/"), experiments, runs_view_url)
+        _print_addresses(tracking_uri.rstrip("/"), experiments)
         return 0
 
     print(f"resweep ui: starting MLflow on {tracking_uri} ...", flush=True)
+    # Ctrl-C and SIGTERM stop the server group (a shell's `&` would leave SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server = start_ui(tracking_uri, args.port)
@@ -61,7 +62,7 @@ def main(args) -> int:
         print(f"resweep ui: error: {err}", file=sys.stderr)
         return 1
     try:
-        _print_addresses(server.base_url, experiments, runs_view_url)
+        _print_addresses(server.base_url, experiments)
         print(f"(MLflow UI at {server.base_url}; Ctrl-C to stop; server log: "
               f"{server.log_path})", flush=True)
         status = server.process.wait()
@@ -70,12 +71,16 @@ def main(args) -> int:
         return 1
     except KeyboardInterrupt:
         print("resweep ui: stopping MLflow", flush=True)
+        server.stop()
+        server.log_path.unlink(missing_ok=True)  # a clean stop: its log holds nothing new
         return 0
     finally:
         server.stop()
 
 
-def _print_addresses(base_url: str, experiments, runs_view_url) -> None:
+def _print_addresses(base_url: str, experiments) -> None:
+    from analysis.report import runs_view_url
+
     for experiment in experiments:
         print(f"{experiment.name}: {runs_view_url(base_url, experiment.experiment_id)}",
               flush=True)
