@@ -78,6 +78,12 @@ def _percent_axis(ax, label: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def depth_unit(done: pd.DataFrame) -> str:
+    """What `model.depth` counts: weighted layers (ResNets), two-layer blocks (the mlp toy)."""
+    families = set(done["family"].dropna()) if "family" in done else set()
+    return "blocks" if families == {"mlp"} else "layers"
+
+
 def _integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
@@ -142,7 +148,8 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
         _percent_axis(ax, "error (%)")
         markers_used.update(series_markers if many_series else {})
     # One legend for both panels, under them: it never hides a curve.
-    handles = [Line2D([], [], color=colours[int(d)], lw=2, label=f"{d} layers")
+    unit = depth_unit(done)
+    handles = [Line2D([], [], color=colours[int(d)], lw=2, label=f"{d} {unit}")
                for d in sorted(data["depth"].unique())]
     handles += [Line2D([], [], color="0.3", ls="--", lw=1.4, label="training error"),
                 Line2D([], [], color="0.3", ls="-", lw=1.8,
@@ -221,7 +228,8 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
             ax.scatter(seeds["depth"], 100 * seeds[metric], s=10, color=style["color"],
                        alpha=0.45, zorder=3)
         ax.set_xticks(sorted(agg["depth"].unique()))
-        ax.set_xlabel("depth (weighted layers)")
+        ax.set_xlabel("depth (two-layer blocks)" if depth_unit(done) == "blocks"
+                      else "depth (weighted layers)")
         _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
         ax.set_title(f"final {metric.replace('_', ' ')} vs depth")
         if metric == "train_error":
