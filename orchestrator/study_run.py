@@ -95,7 +95,7 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
             continue
         config = {"trial": trial.to_dict()}
         earlier = tracker.resumable(trial.trial_id)
-        if earlier is not None:
+        if earlier is not None and earlier.checkpoint:
             config["resume_from"] = earlier.checkpoint
             continued += 1
         configs.append(config)
@@ -123,7 +123,7 @@ def plan_search(study, tracker, max_concurrent: int | None) -> Work:
              if run.status in ("finished", "diverged", "stopped")}
     resumable = {tid: tracker.resumable(tid) for tid in tracker.earlier}
     resumable = {tid: run for tid, run in resumable.items()
-                 if run is not None and run.search_params}
+                 if run is not None and run.checkpoint and run.search_params}
     optuna = make_optuna_searcher(
         search_space(study), algorithm=settings.algorithm, metric=settings.metric,
         mode=settings.mode, seed=settings.seed, evaluated=evaluated,
@@ -202,7 +202,7 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
         tracker = work = None
     else:
         tracker = StudyTracker.open(tracking_uri, study.name)
-        if options.resume and not tracker.earlier:
+        if options.resume and not tracker.ran_before():
             raise ConfigError(f"--resume: study {study.name!r} has no earlier runs in "
                               f"{tracking_uri}; run it without --resume to start it")
         work = plan(study, tracker, options.max_concurrent)

@@ -17,8 +17,9 @@ Reruns (a killed driver, `--resume`, an extended study) follow these rules:
 - a trial whose latest child run was interrupted (left RUNNING by a killed driver, or
   KILLED by Ctrl-C) and whose last checkpoint still exists is *continued in that run*: it
   resumes from the checkpoint, logs only the epochs after it and moves under the current
-  parent, so each trial keeps its whole history in one run;
-- otherwise (failed, or no checkpoint left) the old run is closed (KILLED, interrupted) if
+  parent, so each trial keeps its whole history in one run (an interrupted run that had
+  logged no epoch yet is reused too, the trial starting afresh);
+- otherwise (failed, or its checkpoint is gone) the old run is closed (KILLED, interrupted) if
   still open and the trial starts afresh in a new child run;
 - the parent run is reused when the previous `resweep run` of the same study did not
   finish (same study file, same --set); otherwise a new parent is made and an unfinished earlier
@@ -215,15 +216,23 @@ class StudyTracker:
                 json.loads(search_params) if search_params else None, dict(run.data.metrics))
         return earlier
 
+    def ran_before(self) -> bool:
+        """Whether any earlier `resweep run` of the study left a run here."""
+        return bool(self.earlier) or bool(self.client.search_runs(
+            [self.experiment_id], "tags.`resweep.kind` = 'study'", max_results=1))
+
     def done_trial_ids(self) -> set[str]:
         return {tid for tid, run in self.earlier.items() if run.status in DONE_STATUSES}
 
     # ---- child runs ----------------------------------------------------------------
     def resumable(self, trial_id: str) -> ChildRun | None:
-        """The interrupted run this trial continues in, if its checkpoint still exists."""
+        """The interrupted run this trial continues in: one with a checkpoint that still
+        exists (resume from it), or one that logged no epoch yet (start it afresh)."""
         run = self.earlier.get(trial_id)
         if run is None or run.status not in ("running", "interrupted"):
             return None
+        if run.last_epoch == 0:
+            return run
         if run.checkpoint and checkpoint_exists(run.checkpoint):
             return run
         return None

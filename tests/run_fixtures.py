@@ -129,7 +129,7 @@ class RayHead:
     def stop(self) -> None:
         if self.process is None:
             return
-        kill_group(self.process, grace_s=10)
+        kill_group(self.process, grace_s=3)
         self.process = None
 
 
