@@ -7,17 +7,26 @@ Public API::
     layer_responses(model, inputs)       gradient_norms(model, inputs, targets)
     load_torchvision_state_dict(model, sd)
 
-`models` never imports ray, mlflow or optuna (tests/test_layering.py).
+`models` never imports ray, mlflow or optuna (tests/test_layering.py). The exports are
+resolved lazily (PEP 562) so that `from models.errors import ConfigError` - done by every
+CLI command, also for `resweep --help` - does not pay torch's ~4 s import.
 """
 
-from models.build import build_model, count_params
-from models.complexity import count_macs
-from models.config import ModelConfig
-from models.errors import ConfigError
-from models.probes import gradient_norms, layer_responses
-from models.torchvision_compat import load_torchvision_state_dict
-from models.validation import validate_model_config
+import importlib
 
-__all__ = ["ConfigError", "ModelConfig", "build_model", "count_macs", "count_params",
-           "gradient_norms", "layer_responses", "load_torchvision_state_dict",
-           "validate_model_config"]
+_EXPORTS = {
+    "build_model": "models.build", "count_params": "models.build",
+    "count_macs": "models.complexity", "ModelConfig": "models.config",
+    "ConfigError": "models.errors", "gradient_norms": "models.probes",
+    "layer_responses": "models.probes",
+    "load_torchvision_state_dict": "models.torchvision_compat",
+    "validate_model_config": "models.validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
