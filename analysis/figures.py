@@ -37,6 +37,7 @@ SHORTCUT_COLOURS = {"plain": "#d95f02", "A": "#1b9e77", "B": "#386cb0", "C": "#7
 MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_MARKED_SERIES = 4      # more series than this: no per-series markers in the curves
 MAX_INSIDE_LEGEND = 6      # more series than this: the legend goes beside the axes
+MAX_VALUE_LABELS = 12      # degradation map: print the means of <= 2 lines of this few points
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
                      "legend.fontsize": 8.5, "axes.spines.top": False,
@@ -224,9 +225,16 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
             if ci.notna().any():
                 ax.fill_between(rows["depth"], mean - ci.fillna(0), mean + ci.fillna(0),
                                 color=style["color"], alpha=0.18, lw=0)
+            if len(styles) <= 2 and len(agg) <= MAX_VALUE_LABELS:  # few points: values
+                for x, y in zip(rows["depth"], mean):
+                    ax.annotate(f"{y:.1f}%", (x, y), xytext=(7, -3), textcoords="offset points",
+                                fontsize=8, color=style["color"], va="top", zorder=6,
+                                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
+                                          alpha=0.85))
             seeds = done[done["cell"].isin(rows["cell"])]
             ax.scatter(seeds["depth"], 100 * seeds[metric], s=10, color=style["color"],
                        alpha=0.45, zorder=3)
+        ax.margins(x=0.08, y=0.12)  # room for the value labels
         ax.set_xticks(sorted(agg["depth"].unique()))
         ax.set_xlabel("depth (two-layer blocks)" if depth_unit(done) == "blocks"
                       else "depth (weighted layers)")
@@ -361,10 +369,16 @@ def plot_layer_responses(probes: pd.DataFrame, out_dir: Path) -> FigureFile | No
         axes[1].plot(range(1, len(ranked) + 1), ranked, lw=1.6, label=label, **styles[label])
     axes[0].set_xlabel("layer index (network order, input -> output)")
     axes[1].set_xlabel("layer index (sorted by magnitude)")
+    # A few huge responses (e.g. a deep plain net's first layers) would flatten the rest
+    # on a linear axis.
+    log_scale = profile["value"].max() > 5 * profile["value"].median()
     for ax in axes:
-        ax.set_ylabel("std of layer response (after BN)")
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
+        ax.set_ylabel("std of layer response (after BN)" + (", log scale" if log_scale else ""))
+        ax.grid(True, which="both" if log_scale else "major", alpha=0.3)
+        if log_scale:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         _integer_ticks(ax)
     axes[0].set_title("responses in network order")
     axes[1].set_title("responses sorted by magnitude")

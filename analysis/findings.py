@@ -381,8 +381,8 @@ def _claim_layer_responses(aggregates: pd.DataFrame, responses: dict[str, float]
         plain_value = plain["response"].iloc[0]
         results += [value < plain_value for value in residual["response"]]
         evidence.append(f"depth {plain['depth'].iloc[0]}: {plain['label'].iloc[0]} "
-                        f"{plain_value:.3g} vs " + ", ".join(
-                            f"{r['label']} {r['response']:.3g}" for _, r in residual.iterrows()))
+                        f"{plain_value:.3f} vs " + ", ".join(
+                            f"{r['label']} {r['response']:.3f}" for _, r in residual.iterrows()))
     if not results:
         return Claim(claim, source, NOT_TESTABLE,
                      "no depth has probes of both a plain and a residual net", "-")

@@ -125,7 +125,7 @@ def test_layer_responses_claim():
     table = trial_table({(False, 20, "A"): 0.10, (True, 20, "A"): 0.09})
     cells = dict(zip(table["residual"], table["cell"]))
     smaller = compute_findings(table, {cells[False]: 1.0, cells[True]: 0.4}).claims[4]
-    assert smaller.verdict == SUPPORTED and "plain-20 1 vs resnet-20 0.4" in smaller.evidence
+    assert smaller.verdict == SUPPORTED and "plain-20 1.000 vs resnet-20 0.400" in smaller.evidence
     larger = compute_findings(table, {cells[False]: 0.5, cells[True]: 0.7}).claims[4]
     assert larger.verdict == NOT_SUPPORTED
 
