@@ -34,11 +34,9 @@ def _interrupt(signum, frame):
 
 def main(args) -> int:
     import signal
-    import sys
 
     from analysis.runs import (default_tracking_uri, find_experiment, list_experiments,
                                open_store, resolve_study)
-    from analysis.server import start_ui
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     client = open_store(tracking_uri)
@@ -54,10 +52,23 @@ def main(args) -> int:
 
     print(f"resweep ui: starting MLflow on {tracking_uri} ...", flush=True)
     # Ctrl-C and SIGTERM stop the server group (a shell's `&` would leave SIGINT ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _interrupt))}
     try:
-        server = start_ui(tracking_uri, args.port)
+        return _serve(tracking_uri, args.port, experiments)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(tracking_uri: str, port: int, experiments) -> int:
+    """Run the server until Ctrl-C (exit 0) or until it dies by itself (exit 1)."""
+    import sys
+
+    from analysis.server import start_ui
+
+    try:
+        server = start_ui(tracking_uri, port)
     except RuntimeError as err:
         print(f"resweep ui: error: {err}", file=sys.stderr)
         return 1
