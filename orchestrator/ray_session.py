@@ -56,8 +56,8 @@ def runtime_env(ship_code: bool) -> dict:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                log_to_driver: bool = False, ship_code: bool = False) -> Iterator[RaySession]:
+def ray_session(address: str | None = None, *, log_to_driver: bool = False,
+                ship_code: bool = False) -> Iterator[RaySession]:
     """Start or connect to Ray for one `resweep run`, and clean up what was started here.
 
     log_to_driver is off by default: trial output would tear the progress display; each
@@ -82,14 +82,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         # "local" starts a new Ray even if another one runs on this machine (ray.init()
         # would join that one). Its workers inherit our environment and import the code
         # we import: no runtime env.
-        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                      include_dashboard=False)
+        kwargs.update(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
     else:
-        kwargs.update(runtime_env=runtime_env(ship_code))
-        if num_cpus is not None:
-            raise ConfigError("--num-cpus: only for the embedded local Ray; a cluster's "
-                              "size is set by `ray start` on its nodes")
-        kwargs["address"] = address
+        kwargs.update(address=address, runtime_env=runtime_env(ship_code))
     try:
         ray.init(**kwargs)
     except ConnectionError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -42,20 +43,22 @@ class RunOptions:
     resume: bool = False
     quiet: bool = False
     ship_code: bool = False
-    num_cpus: int | None = None      # embedded Ray only (tests, benchmarks)
 
     def command_line(self) -> str:
         """The command that continues this run (printed when interrupted)."""
         parts = ["resweep", "run", self.study_path]
-        parts += [f"--set {item}" for item in self.overrides]
+        for item in self.overrides:
+            parts += ["--set", item]
         for flag, value in (("--address", self.address), ("--tracking-uri", self.tracking_uri),
                             ("--storage", self.storage),
-                            ("--max-concurrent", self.max_concurrent)):
+                            ("--max-concurrent", self.max_concurrent),
+                            ("--max-failures", None if self.max_failures == 2
+                             else self.max_failures)):
             if value is not None:
-                parts.append(f"{flag} {value}")
+                parts += [flag, str(value)]
         if self.ship_code:
             parts.append("--ship-code")
-        return " ".join(parts + ["--resume"])
+        return shlex.join(parts + ["--resume"])
 
 
 @dataclass
@@ -90,7 +93,7 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
     trials = expand_study(study)
     done = tracker.done_trial_ids()
     configs, continued = [], 0
-    for trial in trials:
+    for trial in longest_first(study, trials):
         if trial.trial_id in done:
             continue
         config = {"trial": trial.to_dict()}
@@ -106,6 +109,22 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
                 len(configs), len(trials) - len(configs), continued, metric, mode, None,
                 first.train.epochs if first else None, resources.cpu, resources.gpu,
                 max_concurrent)
+
+
+def longest_first(study, trials: list) -> list:
+    """Trials in order of decreasing estimated work (MACs x length), so the long ones do
+    not start last and leave the other slots idle at the end (the grid's own order is
+    kept among equals)."""
+    def work(trial) -> float:
+        try:
+            macs = study.model_stats(trial.model).macs
+        except ConfigError:
+            return 0.0
+        length = trial.train.iterations or (trial.train.epochs or 1) * (
+            trial.data.train_size or 50_000) / trial.train.batch_size
+        return macs * length
+
+    return sorted(trials, key=work, reverse=True)
 
 
 def plan_search(study, tracker, max_concurrent: int | None) -> Work:
@@ -213,8 +232,7 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
 
     storage = storage_root(options.storage)
     experiment_name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with ray_session(options.address, num_cpus=options.num_cpus,
-                     ship_code=options.ship_code) as session:
+    with ray_session(options.address, ship_code=options.ship_code) as session:
         if opening is not None:
             tracker = opening.result()
             work = plan(study, tracker, options.max_concurrent)

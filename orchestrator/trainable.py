@@ -14,8 +14,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import traceback
 
 from workers.config import TrialConfig
+
+
+class TrialError(RuntimeError):
+    """A trial failed in its worker; the message holds the worker's traceback."""
 
 
 def resolve_threads(trial: TrialConfig, cpus: float) -> TrialConfig:
@@ -69,10 +74,16 @@ def run_trial(config: dict) -> None:
     try:
         restore_checkpoint(checkpoint_dir, config.get("resume_from"))
         result = train_trial(trial, make_report(checkpoint_dir), checkpoint_dir=checkpoint_dir)
-        if getattr(result, "status", "finished") not in ("finished", "diverged"):
-            # The worker caught an error and returned it: make it a Tune failure so the
-            # trial is retried from its checkpoint, then recorded as failed.
-            raise RuntimeError(f"trial {trial.name} ({trial.trial_id}) failed: "
-                               f"{getattr(result, 'error', None) or result.status}")
+    except Exception as err:  # noqa: BLE001 - every failure must reach the driver intact
+        # Ray copies and pickles the exception on its way to the driver; one with a custom
+        # __init__ breaks that and the error text is lost. A RuntimeError carrying the
+        # formatted traceback always arrives.
+        raise TrialError(f"trial {trial.name} ({trial.trial_id}) failed:\n"
+                         f"{traceback.format_exc()}{type(err).__name__}: {err}") from None
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if getattr(result, "status", "finished") not in ("finished", "diverged"):
+        # The worker caught an error and returned it: make it a Tune failure so the trial
+        # is retried from its checkpoint, then recorded as failed.
+        raise TrialError(f"trial {trial.name} ({trial.trial_id}) failed: "
+                         f"{getattr(result, 'error', None) or result.status}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 from ray.tune import Callback
@@ -130,7 +131,7 @@ class MlflowTrialLogger(Callback):
                   value=metric_value(last, self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = trial.get_error() or "the trial failed (no error text recorded)"
+        error = error_text(trial) or "the trial failed (no error text recorded)"
         self._end(trial, "failed", error=str(error),
                   value=metric_value(trial.last_result or {}, self.metric))
 
@@ -148,6 +149,15 @@ class MlflowTrialLogger(Callback):
             self.tracker.end_trial(run_id, status, probes=probes, tags=tags, error=error)
         self.outcomes[trial.trial_id] = Outcome(config.name, config.trial_id, status, run_id,
                                                 value, _last_line(error) if error else None)
+
+
+def error_text(trial) -> str | None:
+    """What the trial's failures left: Tune writes them to the driver-side copy of the
+    trial folder first (the storage copy is synced later)."""
+    if trial.error_file and os.path.exists(trial.error_file):
+        with open(trial.error_file, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return trial.get_error()
 
 
 def _last_line(text: str) -> str:

@@ -34,7 +34,8 @@ def test_run_on_a_ray_cluster_with_address(cluster, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     study = write_study(tmp_path, "on-cluster", space={"depth": [2, 4]}, epochs=2,
                         model=MLP)
-    driver = resweep_on(cluster, study, tmp_path, uri)
+    # --ship-code: the project's packages travel as the job's runtime env (py_modules).
+    driver = resweep_on(cluster, study, tmp_path, uri, "--ship-code")
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
     parents, children = study_runs(uri, "on-cluster")

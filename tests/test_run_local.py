@@ -211,3 +211,26 @@ def test_worker_killed_mid_trial_resumes_from_its_checkpoint(local_ray, tmp_path
     history = client_for(uri).get_metric_history(victim.info.run_id, "iteration")
     per_epoch = history[0].value
     assert [m.value for m in history] == [per_epoch * e for e in range(1, epochs + 1)]
+
+
+def test_failed_trial_is_listed_and_exit_status_is_1(local_ray, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # A worker that cannot find its data set raises: Tune retries it (--max-failures 1),
+    # then it counts as failed while the other trial finishes.
+    study = write_study(tmp_path, "one-fails", epochs=1, model={**MLP, "depth": 2},
+                        space={"data.root": [None, str(tmp_path / "no-such-folder")]})
+    assert run(study, tmp_path, uri, "--max-failures", "1") == 1
+    out = capsys.readouterr().out
+    assert "1 failed trial(s)" in out and "no-such-folder" in out
+
+    parents, children = study_runs(uri, "one-fails")
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["resweep.trials.failed"] == "1"
+    by_status = {c.data.tags["resweep.status"]: c for c in children}
+    assert set(by_status) == {"finished", "failed"}
+    failed = by_status["failed"]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["resweep.worker_failures"] == "2"  # first try + one retry
+    assert "no-such-folder" in failed.data.tags["resweep.error"]
+    artifacts = {a.path for a in client_for(uri).list_artifacts(failed.info.run_id)}
+    assert "error.txt" in artifacts
