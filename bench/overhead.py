@@ -83,7 +83,7 @@ def trial_seconds(uri: str) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--train-size", type=int, default=4096)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=float, default=0.5)
