@@ -103,12 +103,16 @@ class RayHead:
         self.env = dict(os.environ, RAY_AUTH_MODE="token")
 
     @property
+    def log(self) -> Path:
+        return self.workdir / f"ray-head-{self.port}.log"
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90) -> "RayHead":
         ray = str(Path(sys.executable).with_name("ray"))
-        log = open(self.workdir / "ray-head.log", "wb")
+        log = open(self.log, "wb")
         # Ports with a fixed default get free ones: other Rays may run on this machine.
         # (No Ray Client server: it needs ray[client], and resweep does not use it.)
         self.process = subprocess.Popen(
@@ -119,11 +123,11 @@ class RayHead:
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for(lambda: self.process.poll() is not None or
-                 b"Ray runtime started" in (self.workdir / "ray-head.log").read_bytes(),
+                 b"Ray runtime started" in self.log.read_bytes(),
                  timeout, what="ray start --head")
         if self.process.poll() is not None:
             raise RuntimeError("ray start failed:\n" +
-                               (self.workdir / "ray-head.log").read_text()[-3000:])
+                               self.log.read_text()[-3000:])
         return self
 
     def stop(self) -> None:
@@ -147,7 +151,12 @@ def kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: fl
 
 @contextlib.contextmanager
 def ray_head(workdir: Path) -> Iterator[RayHead]:
-    head = RayHead(workdir).start()
+    """A started head; one retry on fresh ports (a port taken between our probe and
+    Ray's bind, by another process on this shared machine, fails the start)."""
+    try:
+        head = RayHead(workdir).start()
+    except RuntimeError:
+        head = RayHead(workdir).start()
     try:
         yield head
     finally:

@@ -89,3 +89,36 @@ def test_driver_killed_mid_study_rerun_completes_without_duplicates(cluster, tmp
         if child.info.run_id in finished_before:
             assert child.info.end_time == finished_before[child.info.run_id]
     assert midway[0].info.run_id in {c.info.run_id for c in children}
+
+
+def test_ctrl_c_exits_130_and_the_printed_command_resumes(cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    epochs = 3
+    study = write_study(tmp_path, "ctrl-c", space={"residual": [True]}, epochs=epochs,
+                        model=SMALL_CNN, lr=0.05)
+    driver = resweep_on(cluster, study, tmp_path, uri)
+
+    def midway():
+        _, children = study_runs(uri, "ctrl-c")
+        return [c for c in children if int(c.data.tags.get("resweep.last_epoch", "0")) >= 1]
+
+    wait_for(midway, timeout=240, what="a trial past its first epoch")
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130, output
+    resume = next(line.split("resume with: ", 1)[1] for line in output.splitlines()
+                  if "resume with: " in line)
+    assert resume.endswith("--resume") and f"--address {cluster.address}" in resume
+    _, (child,) = study_runs(uri, "ctrl-c")
+    assert child.info.status == "KILLED"
+    assert child.data.tags["resweep.status"] == "interrupted"
+    assert "resweep.checkpoint" in child.data.tags
+
+    rerun = run_in_subprocess(resume.split()[1:], tmp_path, env={"RAY_AUTH_MODE": "token"})
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    parents, (again,) = study_runs(uri, "ctrl-c")
+    assert again.info.run_id == child.info.run_id  # continued in the same run
+    assert again.data.tags["resweep.status"] == "finished"
+    assert steps(uri, again.info.run_id, "train_error") == list(range(1, epochs + 1))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -1,0 +1,32 @@
+"""`resweep run` input errors: exit status 2 with a readable message, before Ray starts."""
+
+from __future__ import annotations
+
+from orchestrator.cli import main as resweep
+from tests.run_fixtures import write_study
+
+
+def test_invalid_study_exits_2_naming_the_problem(tmp_path, capsys):
+    study = write_study(tmp_path, "bad", space={"depth": [2, 4]}, model={"family": "mlp"})
+    text = study.read_text().replace("design: grid", "design: gird")
+    study.write_text(text)
+    assert resweep(["run", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert "design" in err and "gird" in err and "Traceback" not in err
+    assert not (tmp_path / "m.db").exists()  # nothing was created
+
+
+def test_resume_without_an_earlier_run_exits_2(tmp_path, capsys):
+    study = write_study(tmp_path, "never-ran", space={"depth": [2]}, model={"family": "mlp"})
+    assert resweep(["run", str(study), "--resume",
+                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
+    study = write_study(tmp_path, "dry", space={"depth": [2, 4]}, model={"family": "mlp"})
+    assert resweep(["run", str(study), "--dry-run",
+                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp-2" in out and "mlp-4" in out
+    assert not (tmp_path / "m.db").exists()
