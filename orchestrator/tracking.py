@@ -34,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from models.errors import ConfigError
 from workers.config import TrialConfig

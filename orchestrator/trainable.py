@@ -48,17 +48,15 @@ def make_report(checkpoint_dir: str):
     return report
 
 
-def restore_checkpoint(into: str, resume_from: str | None) -> str | None:
-    """Copy the checkpoint to resume from into `into`; returns where it came from."""
+def restore_checkpoint(into: str, resume_from: str | None) -> None:
+    """Copy the checkpoint to resume from (if any) into the folder `into`."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and resume_from:
         checkpoint = tune.Checkpoint(resume_from)
-    if checkpoint is None:
-        return None
-    checkpoint.to_directory(into)
-    return checkpoint.path
+    if checkpoint is not None:
+        checkpoint.to_directory(into)
 
 
 def run_trial(config: dict) -> None:

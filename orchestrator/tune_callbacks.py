@@ -9,6 +9,7 @@ resumes from its last checkpoint; results at or below the last logged epoch are 
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -166,6 +167,4 @@ def _last_line(text: str) -> str:
 
 
 def _json(value) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)

@@ -16,7 +16,7 @@ import pytest
 from orchestrator.cli import main as resweep
 from search_spaces import expand_study, load_study
 from tests.run_fixtures import (MLP, PER_EPOCH_KEYS, SMALL_CNN, client_for, steps, study_runs,
-                                write_study)
+                                wait_for, write_study)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -182,8 +182,6 @@ def test_worker_killed_mid_trial_resumes_from_its_checkpoint(local_ray, tmp_path
             return None
 
         try:
-            from tests.run_fixtures import wait_for
-
             run_ = wait_for(target, timeout=120, interval=0.1, what="a trial at epoch 2")
         except TimeoutError:
             return
