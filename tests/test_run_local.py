@@ -27,6 +27,9 @@ def local_ray():
 
     from orchestrator.ray_session import WORKER_ENV
 
+    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
+        yield
+        return
     os.environ.update(WORKER_ENV)  # before the workers are forked from the raylet
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
