@@ -27,6 +27,7 @@ from search_spaces.errors import Problem, format_path
 from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
 from search_spaces.schema import StudySpec
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
+from workers.validate import model_data_problems
 
 # Input shape and classes of each data set: (in_channels, num_classes, image_size).
 DATASET_SHAPES = {"fashion-mnist": (1, 10, 28), "cifar10": (3, 10, 32),
@@ -140,17 +141,7 @@ def _shape_problems(model: ModelConfig, dataset: str) -> list[str]:
     if dataset not in DATASET_SHAPES or dataset == "imagenet":  # folders: any crop size
         return []
     channels, classes, size = DATASET_SHAPES[dataset]
-    problems = []
-    if model.in_channels != channels:
-        problems.append(f"model.in_channels: got {model.in_channels}; data set {dataset!r} "
-                        f"has {channels}-channel images")
-    if model.image_size != size:
-        problems.append(f"model.image_size: got {model.image_size}; data set {dataset!r} "
-                        f"has {size}x{size} images")
-    if model.num_classes < classes:
-        problems.append(f"model.num_classes: got {model.num_classes}; data set {dataset!r} "
-                        f"has {classes} classes")
-    return problems
+    return model_data_problems(model, dataset, channels, size, classes)
 
 
 def normalise_model(cfg: ModelConfig) -> ModelConfig:

@@ -24,6 +24,7 @@ from workers.augment import Normalize, channel_stats, random_crop_flip
 from workers.config import DATASETS, TrialConfig
 from workers.locate import DataNotFoundError
 from workers.readers import ImageArrays, make_synthetic, read_cifar, read_fashion_mnist
+from workers.validate import model_data_problems
 
 SPLIT_SEED = 0                 # the train/validation permutation: fixed, not the trial seed
 SYNTHETIC_TRAIN_DEFAULT = 10_000
@@ -132,16 +133,7 @@ class DeviceData:
 
 def _check_matches_model(config: TrialConfig, channels: int, size: int, classes: int) -> None:
     """The network's input and output must fit the data; say which field to change."""
-    model, problems = config.model, []
-    if model.in_channels != channels:
-        problems.append(f"model.in_channels: got {model.in_channels}; data set "
-                        f"{config.data.dataset!r} has {channels}-channel images")
-    if model.image_size != size:
-        problems.append(f"model.image_size: got {model.image_size}; data set "
-                        f"{config.data.dataset!r} has {size}x{size} images")
-    if model.num_classes < classes:
-        problems.append(f"model.num_classes: got {model.num_classes}; data set "
-                        f"{config.data.dataset!r} has {classes} classes")
+    problems = model_data_problems(config.model, config.data.dataset, channels, size, classes)
     if problems:
         raise ConfigError("\n".join(problems))
 

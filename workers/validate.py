@@ -103,6 +103,24 @@ def data_config_problems(data: DataConfig, where: str = "data") -> list[str]:
     return problems
 
 
+def model_data_problems(model, dataset: str, channels: int, size: int,
+                        classes: int) -> list[str]:
+    """The network (a ModelConfig) must take the data set's `channels` x `size` x `size`
+    images and cover its `classes`; one message per mismatch, naming the field to change.
+    Checked by the study loader before anything runs and by the worker when it loads data."""
+    problems = []
+    if model.in_channels != channels:
+        problems.append(f"model.in_channels: got {model.in_channels}; data set {dataset!r} "
+                        f"has {channels}-channel images")
+    if model.image_size != size:
+        problems.append(f"model.image_size: got {model.image_size}; data set {dataset!r} "
+                        f"has {size}x{size} images")
+    if model.num_classes < classes:
+        problems.append(f"model.num_classes: got {model.num_classes}; data set {dataset!r} "
+                        f"has {classes} classes")
+    return problems
+
+
 def validate_train_config(train: TrainConfig) -> TrainConfig:
     """Return `train` unchanged, or raise ConfigError listing all its problems."""
     problems = train_config_problems(train)
