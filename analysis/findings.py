@@ -237,7 +237,7 @@ def compute_findings(trials: pd.DataFrame, layer_response_means: dict[str, float
             target[series["series"].iloc[0]] = find_onset(values, margin, alpha)
     gains = residual_gains(done, margin, alpha) if "train_error" in done else []
     claims = [
-        _claim_degradation(done, onsets, margin),
+        _claim_degradation(done, onsets, margin, alpha),
         _claim_fix(onsets, gains, margin, alpha),
         _claim_deeper_residual(done, margin),
         _claim_shortcuts(aggregates, margin),
@@ -261,7 +261,8 @@ def _seed_counts(values: dict[int, list[float]]) -> str:
     return "/".join(str(c) for c in counts)
 
 
-def _claim_degradation(done: pd.DataFrame, onsets: dict[str, Onset], margin: float) -> Claim:
+def _claim_degradation(done: pd.DataFrame, onsets: dict[str, Onset], margin: float,
+                       alpha: float) -> Claim:
     claim = "Deeper plain nets have higher training error than shallower ones (degradation)"
     source = "Fig. 1, Fig. 6 (left), Table 2"
     if not onsets:
@@ -272,7 +273,10 @@ def _claim_degradation(done: pd.DataFrame, onsets: dict[str, Onset], margin: flo
     for series, onset in onsets.items():
         evidence.append(_series_values_text(done, series) + "; " + onset.describe(False))
         found = found or onset.depth is not None
-    test = next(iter(onsets.values())).test
+    # The rule over every plain series' seed counts, not just the first series'.
+    seed_counts = [len(v) for series in onsets
+                   for v in values_by_depth(done[done["series"] == series], "train_error").values()]
+    test = describe_test(seed_counts, margin, alpha)
     return Claim(claim, source, SUPPORTED if found else NOT_SUPPORTED, " | ".join(evidence), test)
 
 
