@@ -4,7 +4,7 @@ The train step is a separate object with a small interface (`TrainStep`) so the 
 not care how a step runs. `EagerStep` is plain PyTorch; a CUDA-graph step (forward,
 backward and optimizer update captured once and replayed, lr kept in a device tensor)
 implements the same interface in `workers/graph_step.py` and is picked by
-`make_train_step` on CUDA when `train.cuda_graph` is on and that module exists.
+`make_train_step` on CUDA when `train.cuda_graph` is on.
 """
 
 from __future__ import annotations
@@ -94,13 +94,8 @@ class EagerStep:
 def make_train_step(model: nn.Module, train: TrainConfig, device: torch.device) -> TrainStep:
     """A CUDA-graph step where asked for and available, else `EagerStep`."""
     if device.type == "cuda" and train.cuda_graph:
-        try:
-            from workers.graph_step import GraphStep  # the GPU engine; absent until it lands
-        except ModuleNotFoundError as err:
-            if err.name != "workers.graph_step":
-                raise
-        else:
-            return GraphStep(model, train, device)
+        from workers.graph_step import GraphStep  # the GPU engine, imported only when used
+        return GraphStep(model, train, device)
     return EagerStep(model, train, device)
 
 
