@@ -127,18 +127,14 @@ class GraphStep:
                              f"{self.batch_size} images (static shapes); got "
                              f"{images.shape[0]} images and {labels.shape[0]} labels. The loop "
                              "must drop the ragged last batch (static_batch is True).")
-        if self.graph is not None:
-            self._static["images"].copy_(images)      # also converts to channels_last
-            self._static["labels"].copy_(labels)
-            self.graph.replay()
-            return self._static["loss"], self._static["wrong"]
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.capture:
-            self._capture(images, labels)
-        if self.graph is None:                        # CPU, or capture failed: eagerly
-            return self._body(images, labels)
-        self._static["images"].copy_(images)
+        if self.graph is None:
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.capture:
+                self._capture(images, labels)             # sets self.graph on success
+            if self.graph is None:                        # CPU, or capture failed: eagerly
+                return self._body(images, labels)
+        self._static["images"].copy_(images)      # also converts to channels_last
         self._static["labels"].copy_(labels)
         self.graph.replay()
         return self._static["loss"], self._static["wrong"]
