@@ -40,16 +40,15 @@ import torch.nn.functional as F
 from models.config import ModelConfig
 from models.errors import ConfigError
 from workers.config import TrialConfig
+from workers.data import EVAL_BATCH, SYNTHETIC_TEST_DEFAULT, SYNTHETIC_TRAIN_DEFAULT
 
 GIB = 1024 ** 3
 CUDA_CONTEXT_BYTES = 512 * 1024 ** 2   # per process; allowance (see module docstring)
 WORKSPACE_BYTES = 256 * 1024 ** 2      # cuDNN workspace + allocator slack; allowance
 WARN_FRACTION = 0.85                   # packed estimate above this share of the device: warn
-EVAL_BATCH = 1024                      # workers.data.EVAL_BATCH
 # Official split sizes (train, test) of the data sets that are held on the device.
 SPLITS = {"fashion-mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
           "cifar100": (50_000, 10_000)}
-SYNTHETIC_DEFAULTS = (10_000, 1_000)   # workers.data: synthetic train (+val) and test
 
 
 class GpuMemoryWarning(UserWarning):
@@ -94,8 +93,8 @@ def dataset_bytes(trial: TrialConfig) -> int:
     """uint8 images + int64 labels of the splits a trial keeps on the device."""
     data, model = trial.data, trial.model
     if data.dataset == "synthetic":
-        train = (data.train_size or SYNTHETIC_DEFAULTS[0]) + data.val_size
-        test = data.test_size or SYNTHETIC_DEFAULTS[1]
+        train = (data.train_size or SYNTHETIC_TRAIN_DEFAULT) + data.val_size
+        test = data.test_size or SYNTHETIC_TEST_DEFAULT
     elif data.dataset in SPLITS:
         official_train, official_test = SPLITS[data.dataset]
         train = min(official_train, (data.train_size or official_train) + data.val_size)
