@@ -12,7 +12,8 @@ seed (`repeats: N`), so every trial does the same work.
   epoch; a fresh store and results folder each time).
 - `ratio[c]` = run_s[c] / sequential_train_s: at c=1 the orchestration overhead (target
   <= 1.15 for trials of 30 s or more); at c=2 on 2 cores it should be below 1.
-- `trial_s`: each trial's own training time (its last `elapsed_s`) in the c=1 run.
+- `trial_s`: each trial's own training time (its last `elapsed_s`) in the run at the first
+  `--concurrency` value.
 
     python bench/overhead.py                                  # 4 trials of ~30 s, c = 1, 2
     python bench/overhead.py --trials 4 --epochs 3 --concurrency 2   # a quick look
@@ -64,7 +65,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return seconds
 
 
-def trial_names(study: Path, cwd: Path) -> list[str]:
+def trial_names(study: Path) -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from search_spaces import expand_study, load_study
 
@@ -95,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="resweep-overhead-") as tmp:
         folder = Path(tmp)
         study = write_study(folder, args)
-        names = trial_names(study, folder)
+        names = trial_names(study)
 
         started = time.perf_counter()
         for name in names:
