@@ -23,7 +23,8 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "== installing pinned packages into $(VENV) (a few minutes, once)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# A venv without pip (e.g. made before python3-venv was installed) is completed in place.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
 	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@set -o pipefail; $(BIN)/python -m pip install -q -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
