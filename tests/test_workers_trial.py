@@ -136,6 +136,17 @@ def test_a_corrupt_checkpoint_is_reported_and_the_trial_restarts(tmp_path):
     assert other.history[0]["train_loss"] != fresh.history[0]["train_loss"]
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_is_reported_and_the_trial_restarts(tmp_path):
+    fresh = train_trial(_tiny(), checkpoint_dir=str(tmp_path))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["model"].pop("fc.weight")          # same trial id, but not this network's state
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.warns(CheckpointWarning, match="does not fit this trial"):
+        again = train_trial(_tiny(), checkpoint_dir=str(tmp_path))
+    assert again.status == "finished"
+    assert without_timing(again.history) == without_timing(fresh.history)
+
+
 def test_a_finished_checkpoint_is_not_trained_again(tmp_path):
     first = train_trial(_tiny(), checkpoint_dir=str(tmp_path))
     report = Recorder()

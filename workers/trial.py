@@ -37,7 +37,8 @@ import torch
 
 from models import build_model, count_params
 from models.errors import ConfigError
-from workers.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
+from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpoint,
+                                save_checkpoint)
 from workers.config import TrialConfig
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
@@ -156,7 +157,7 @@ class _Trial:
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             warnings.warn(f"checkpoint {self.checkpoint_path}: does not fit this trial "
                           f"({type(err).__name__}: {err}); the trial starts from scratch",
-                          RuntimeWarning, stacklevel=2)
+                          CheckpointWarning, stacklevel=2)
             self.__init__(self.config, self.report, self.checkpoint_dir)  # fresh objects
             return
         self.progress = _Progress(state["epoch"], state["iteration"], state["elapsed_s"],
