@@ -43,12 +43,10 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         channels = stem_channels
-        self.layer1, channels = make_stage(block_cls, channels, scaled(16, width), n, 1,
-                                           shortcut_factory)
-        self.layer2, channels = make_stage(block_cls, channels, scaled(32, width), n, 2,
-                                           shortcut_factory)
-        self.layer3, channels = make_stage(block_cls, channels, scaled(64, width), n, 2,
-                                           shortcut_factory)
+        for i, planes in enumerate(STAGE_CHANNELS):
+            stage, channels = make_stage(block_cls, channels, scaled(planes, width), n,
+                                         1 if i == 0 else 2, shortcut_factory)
+            self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
         init_conv_net(self)
