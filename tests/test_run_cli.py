@@ -30,3 +30,14 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mlp-2" in out and "mlp-4" in out
     assert not (tmp_path / "m.db").exists()
+
+
+def test_dry_run_with_an_unreachable_tracking_server_exits_2(tmp_path, capsys, monkeypatch):
+    from tests.cluster_fixtures import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, no backoff
+    study = write_study(tmp_path, "dry", space={"depth": [2]}, model={"family": "mlp"})
+    assert resweep(["run", str(study), "--dry-run",
+                    "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "--tracking-uri" in err and "Traceback" not in err

@@ -101,22 +101,22 @@ def _dry_run(args) -> int:
     print(format_table(plan_study(study)))
     done = _done_earlier(study, args.tracking_uri)
     if done is not None and study.design != "search":
-        todo = [t for t in expand_study(study) if t.trial_id not in done]
-        print(f"\nresweep run would start {len(todo)} trials; "
-              f"{len(done & {t.trial_id for t in expand_study(study)})} are already done")
+        trial_ids = {t.trial_id for t in expand_study(study)}
+        print(f"\nresweep run would start {len(trial_ids - done)} trials; "
+              f"{len(trial_ids & done)} are already done")
     return 0
 
 
 def _done_earlier(study, tracking_uri: str | None) -> set[str] | None:
-    """trial_ids done in the study's experiment, or None if there is no store/experiment."""
-    from orchestrator.tracking import StudyTracker, default_tracking_uri, sqlite_path
+    """trial_ids done in the study's experiment, or None if there is no store/experiment.
+    A store that cannot be opened is a ConfigError (exit 2), as for a real run."""
+    from orchestrator.tracking import StudyTracker, default_tracking_uri, open_client, \
+        sqlite_path
 
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         return None  # opening it would create an empty store
-    from mlflow.tracking import MlflowClient
-
-    if MlflowClient(uri).get_experiment_by_name(study.name) is None:
+    if open_client(uri).get_experiment_by_name(study.name) is None:
         return None
     return StudyTracker.open(uri, study.name).done_trial_ids()
