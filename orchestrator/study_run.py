@@ -24,6 +24,7 @@ from typing import TextIO
 
 from models.errors import ConfigError
 from orchestrator import __version__
+from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 DEFAULT_METRIC = ("val_error", "min")  # what "best so far" shows for grid studies
@@ -39,7 +40,7 @@ class RunOptions:
     tracking_uri: str | None = None
     storage: str | None = None
     max_concurrent: int | None = None
-    max_failures: int = 2
+    max_failures: int = DEFAULT_MAX_FAILURES
     resume: bool = False
     quiet: bool = False
     ship_code: bool = False
@@ -52,7 +53,7 @@ class RunOptions:
         for flag, value in (("--address", self.address), ("--tracking-uri", self.tracking_uri),
                             ("--storage", self.storage),
                             ("--max-concurrent", self.max_concurrent),
-                            ("--max-failures", None if self.max_failures == 2
+                            ("--max-failures", None if self.max_failures == DEFAULT_MAX_FAILURES
                              else self.max_failures)):
             if value is not None:
                 parts += [flag, str(value)]

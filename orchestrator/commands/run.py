@@ -28,6 +28,8 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
+
     parser.add_argument("study", metavar="STUDY", help="the study file (YAML)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
@@ -45,8 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-concurrent", type=_positive_int, metavar="N",
                         help="at most N trials at a time (default: as many as the "
                              "resources allow, or the study's search.max_concurrent)")
-    parser.add_argument("--max-failures", type=_non_negative_int, default=2, metavar="N",
-                        help="restarts of a trial whose worker dies (default 2)")
+    parser.add_argument("--max-failures", type=_non_negative_int,
+                        default=DEFAULT_MAX_FAILURES, metavar="N",
+                        help="restarts of a trial whose worker dies (default %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an earlier, interrupted run of the study (a plain "
                              "rerun does the same; --resume refuses a study never run)")
