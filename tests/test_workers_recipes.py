@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -120,3 +121,15 @@ def test_warmup_until_error_switches_once_the_error_is_low():
     restored = ErrorWarmup(train)
     restored.load_state_dict(warmup.state_dict())
     assert (restored.active, restored.ended_at) == (False, 12)
+
+
+def test_warmup_until_error_ends_at_its_cap_even_if_the_error_stays_high():
+    train = dataclasses.replace(resolve_recipe("paper-cifar", model=ModelConfig(depth=110)),
+                                warmup_iters=6)
+    warmup = ErrorWarmup(train, check_every=4)
+    lrs = []
+    for iteration in range(8):
+        lrs.append(lr_at(train, iteration, train.iterations, warmup.active))
+        warmup.observe(iteration, torch.tensor(90), 100)
+    assert lrs == [0.01] * 6 + [0.1] * 2
+    assert not warmup.active and warmup.ended_at == 6

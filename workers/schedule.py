@@ -52,12 +52,14 @@ class ErrorWarmup:
 
     The engine passes each step's number of wrong predictions (a device tensor, no sync);
     every `check_every` steps the error over those steps is read once (one host sync) and,
-    when it is below the threshold, the warm-up ends for good. The window restarts at each
+    when it is below the threshold, the warm-up ends for good; it also ends after
+    `train.warmup_iters` steps when that cap is set. The window restarts at each
     epoch (`start_epoch`) so a resumed run decides exactly like an uninterrupted one.
     """
 
     def __init__(self, train: TrainConfig, check_every: int = 20):
         self.threshold = train.warmup_until_error
+        self.cap = train.warmup_iters       # > 0: the warm-up ends after this many steps
         self.active = self.threshold is not None
         self.ended_at: int | None = None
         self.check_every = check_every
@@ -71,6 +73,10 @@ class ErrorWarmup:
     def observe(self, iteration: int, wrong: torch.Tensor, count: int) -> None:
         """Record step `iteration`'s wrong predictions out of `count` images."""
         if not self.active:
+            return
+        if self.cap and iteration + 1 >= self.cap:
+            # lr_at stops the warm-up lr here anyway; end it so the error is no longer read
+            self.active, self.ended_at = False, self.cap
             return
         self._wrong = self._wrong + wrong
         self._seen += count
