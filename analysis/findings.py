@@ -40,19 +40,23 @@ def pp_diff(fraction: float, ci: float = math.nan) -> str:
     return text if math.isnan(ci) else f"{text} ± {100 * ci:.1f}"
 
 
-def twin_key(cell: str) -> str:
-    """The cell without residual/shortcut: a plain net and its residual twins share it."""
+def cell_without(cell: str, *keys: str) -> str:
+    """The cell (canonical JSON of its params) with `keys` left out: cells that differ only
+    in those keys share it."""
     params = json.loads(cell)
-    for key in ("model.residual", "model.shortcut"):
+    for key in keys:
         params.pop(key, None)
     return json.dumps(params, sort_keys=True)
 
 
+def twin_key(cell: str) -> str:
+    """The cell without residual/shortcut: a plain net and its residual twins share it."""
+    return cell_without(cell, "model.residual", "model.shortcut")
+
+
 def depth_free_key(cell: str) -> str:
     """The cell without the depth: the cells of one line in an error-vs-depth plot."""
-    params = json.loads(cell)
-    params.pop("model.depth", None)
-    return json.dumps(params, sort_keys=True)
+    return cell_without(cell, "model.depth")
 
 
 def aggregate(trials: pd.DataFrame, metrics: tuple[str, ...] = ERROR_METRICS) -> pd.DataFrame:
@@ -347,9 +351,8 @@ def _claim_shortcuts(aggregates: pd.DataFrame, margin: float) -> Claim:
         return Claim(claim, source, NOT_TESTABLE, "no finished trials", "-")
     residual = aggregates[aggregates["residual"]]
     evidence, spreads = [], []
-    for _, group in residual.groupby(residual["cell"].map(
-            lambda c: json.dumps({k: v for k, v in json.loads(c).items()
-                                  if k != "model.shortcut"}, sort_keys=True)), sort=False):
+    by_options = residual["cell"].map(lambda c: cell_without(c, "model.shortcut"))
+    for _, group in residual.groupby(by_options, sort=False):
         if group["shortcut"].nunique() < 2 or group[metric].isna().all():
             continue
         values = dict(zip(group["shortcut"], group[metric]))
