@@ -68,11 +68,9 @@ class EagerStep:
     static_batch = False
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
-        self.model = model
         self.forward = torch.compile(model) if train.compile else model
         self.optimizer = build_optimizer(model, train)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.device = device
         self.precision = train.precision
         self.label_smoothing = train.label_smoothing
         self.grad_clip = train.grad_clip
