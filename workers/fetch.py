@@ -75,8 +75,7 @@ def fetch(dataset: str, root: str | None = None) -> Path | None:
         found = find_dataset(dataset, root)
         if found is not None:
             return found
-    target = Path(root) if root is not None else LOCAL_DATA
-    if _torchvision_download(dataset, target):
+    if download(dataset, root):
         return find_dataset(dataset, root)
     return None
 
