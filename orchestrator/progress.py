@@ -16,6 +16,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from orchestrator.tracking import DONE_STATUSES
 from orchestrator.tune_callbacks import end_status, metric_value
 
 
@@ -89,7 +90,7 @@ class ProgressDisplay(Callback):
 
     def counts(self) -> dict[str, int]:
         statuses = list(self.status.values())
-        done = sum(s in ("finished", "diverged", "stopped") for s in statuses)
+        done = sum(s in DONE_STATUSES for s in statuses)
         running = statuses.count("running")
         failed = statuses.count("failed")
         return {"done": done, "running": running, "failed": failed,

@@ -24,6 +24,7 @@ from typing import TextIO
 
 from models.errors import ConfigError
 from orchestrator import __version__
+from orchestrator.tracking import DONE_STATUSES
 from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -135,12 +136,12 @@ def plan_search(study, tracker, max_concurrent: int | None) -> Work:
 
     settings = study.search
     seed = study.seeds[0] if study.seeds else 0
-    done = [run for run in tracker.earlier.values()
-            if run.status in ("finished", "diverged", "stopped") and run.search_params]
+    done_runs = {tid: run for tid, run in tracker.earlier.items()
+                 if run.status in DONE_STATUSES}
+    done = [run for run in done_runs.values() if run.search_params]
     evaluated = [(run.search_params, run.metrics[settings.metric]) for run in done
                  if settings.metric in run.metrics]
-    known = {tid: run.metrics.get(settings.metric) for tid, run in tracker.earlier.items()
-             if run.status in ("finished", "diverged", "stopped")}
+    known = {tid: run.metrics.get(settings.metric) for tid, run in done_runs.items()}
     resumable = {tid: tracker.resumable(tid) for tid in tracker.earlier}
     resumable = {tid: run for tid, run in resumable.items()
                  if run is not None and run.checkpoint and run.search_params}
@@ -304,7 +305,7 @@ def _close_interrupted(tracker, logger) -> None:
 def _count(logger, which: str) -> int:
     statuses = [o.status for o in logger.outcomes.values()]
     if which == "done":
-        return sum(s in ("finished", "diverged", "stopped") for s in statuses)
+        return sum(s in DONE_STATUSES for s in statuses)
     return statuses.count(which)
 
 
