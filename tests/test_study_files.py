@@ -65,6 +65,11 @@ def test_shipped_json_schema_is_up_to_date(capsys, tmp_path):
     assert code == 0 and (tmp_path / "s.json").read_text() == schema_text()
 
 
+def test_schema_out_to_a_missing_folder_exits_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "schema", "--out", str(tmp_path / "no" / "s.json"))
+    assert code == 2 and "--out" in err and "Traceback" not in err
+
+
 def test_json_schema_rejects_what_pydantic_rejects():
     bad = {"name": "x", "model": {"depth": 20, "colour": "red"}}
     with pytest.raises(jsonschema.ValidationError):

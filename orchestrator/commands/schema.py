@@ -25,12 +25,17 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from models.errors import ConfigError
     from search_spaces.json_schema import schema_text
 
     text = schema_text()
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:
+            raise ConfigError(f"--out: got {args.out!r}; cannot write it: "
+                              f"{err.strerror or err}") from None
     else:
         print(text, end="")
     return 0
