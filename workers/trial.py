@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from models import build_model, count_params
+from models import build_model, count_macs, count_params, gradient_norms, layer_responses
 from models.errors import ConfigError
 from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpoint,
                                 save_checkpoint)
@@ -201,7 +201,6 @@ class _Trial:
     def _probes(self, diverged: bool) -> dict[str, dict[str, float]]:
         if not self.train.probes:
             return {"layer_responses": {}, "gradient_norms": {}}
-        from models import gradient_norms, layer_responses
         images, labels = self.data.probe_batch(PROBE_IMAGES)
         try:
             return {"layer_responses": layer_responses(self.model, images),
@@ -247,7 +246,7 @@ class _Trial:
 
     def _finish(self, status: str, error: str | None, checkpoint: str | None) -> TrialResult:
         probes = self._probes(diverged=status == "diverged")
-        params, macs = count_params(self.model), _count_macs(self.config)
+        params, macs = count_params(self.model), count_macs(self.config.model)
         last = self.progress.history[-1] if self.progress.history else {"epoch": 0, "iteration": 0}
         final = {**last, "status": status, "params": params, "macs": macs, "probes": probes}
         self.report(final, checkpoint)
@@ -262,11 +261,6 @@ _KEY_ORDER = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_loss
 def _ordered(metrics: dict[str, Any]) -> dict[str, Any]:
     """The contract's key order (readable JSON and logs)."""
     return {key: metrics[key] for key in _KEY_ORDER if key in metrics}
-
-
-def _count_macs(config: TrialConfig) -> int:
-    from models import count_macs
-    return int(count_macs(config.model))
 
 
 def train_trial(config: TrialConfig, report: Report | None = None,
