@@ -117,3 +117,14 @@ def test_plan_help_explains_the_estimate(capsys):
         main(["plan", "--help"])
     text = capsys.readouterr().out
     assert "3x the" in text and "calibration.json" in text and "--set" in text
+
+
+@pytest.mark.parametrize("option,value", [("--cpus", "0"), ("--gpus", "-1"),
+                                          ("--gpu-memory", "0")])
+def test_plan_rejects_a_count_or_size_below_one_with_exit_2(capsys, option, value):
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "search_spaces/degradation-quick.yaml", option, value])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err

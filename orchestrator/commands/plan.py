@@ -34,6 +34,8 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from orchestrator.arg_types import positive_float, positive_int
+
     parser.add_argument("study", metavar="STUDY", help="a study file (search_spaces/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY.PATH=VALUE",
@@ -42,11 +44,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the plan as JSON (trials with their full config, "
                              "totals, cost model)")
-    parser.add_argument("--cpus", type=int, default=None, metavar="N",
+    parser.add_argument("--cpus", type=positive_int, default=None, metavar="N",
                         help="CPUs to plan for (default: this machine's)")
-    parser.add_argument("--gpus", type=int, default=None, metavar="N",
+    parser.add_argument("--gpus", type=positive_int, default=None, metavar="N",
                         help="GPUs to plan for (default: this machine's, or 1 if none)")
-    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+    parser.add_argument("--gpu-memory", type=positive_float, default=None, metavar="GIB",
                         help="GPU memory to check packed trials against (default: this "
                              "machine's first GPU; none: estimates only)")
     parser.add_argument("--recalibrate", action="store_true",

@@ -28,6 +28,7 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from orchestrator.arg_types import non_negative_int, positive_int
     from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
 
     parser.add_argument("study", metavar="STUDY", help="the study file (YAML)")
@@ -44,10 +45,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--storage", metavar="PATH|URI",
                         help="Ray results and checkpoints (default ./ray_results); on a "
                              "cluster, a path every node shares or an object-store URI")
-    parser.add_argument("--max-concurrent", type=_positive_int, metavar="N",
+    parser.add_argument("--max-concurrent", type=positive_int, metavar="N",
                         help="at most N trials at a time (default: as many as the "
                              "resources allow, or the study's search.max_concurrent)")
-    parser.add_argument("--max-failures", type=_non_negative_int,
+    parser.add_argument("--max-failures", type=non_negative_int,
                         default=DEFAULT_MAX_FAILURES, metavar="N",
                         help="restarts of a trial whose worker dies (default %(default)s)")
     parser.add_argument("--resume", action="store_true",
@@ -61,24 +62,6 @@ def add_arguments(parser) -> None:
                         help="print the plan (trials, cost) and exit")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no live progress; print only the summary and errors")
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; a number of trials >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"got {value}; a count >= 0")
-    return value
 
 
 def main(args) -> int:
