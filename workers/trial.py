@@ -9,7 +9,8 @@ parameter and MAC counts, and the status.
 
 Metrics stay on the device during an epoch (loss and wrong-prediction sums); the host
 reads them once per epoch, plus once every `DIVERGENCE_CHECK_EVERY` steps to stop a
-diverged run early, so reporting costs nothing measurable.
+diverged run early (and, while an error-based warm-up is on, once every
+`ErrorWarmup.check_every` steps), so reporting costs nothing measurable.
 
 Length: with `train.epochs`, every epoch is one pass over the training split; with
 `train.iterations`, training stops after exactly that many steps (the last epoch may be
