@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from models.config import ModelConfig
+from orchestrator.tracking import trial_params
 from workers.config import DataConfig, TrainConfig, TrialConfig
 
 MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
@@ -67,18 +68,6 @@ class FakeTrial:
     test_every: int = 1     # like train.eval_every: test_error only every k epochs and last
     width: float = 0.5
     lr: float = 0.1
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, str]:
-    """TrialConfig.to_dict() -> {"model.depth": "20", ...} (MLflow params are strings)."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = str(value)
-    return out
 
 
 def trial_config(study: str, fake: FakeTrial) -> TrialConfig:
@@ -146,7 +135,7 @@ def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: Fak
         "resweep.name": config.name, "resweep.seed": str(fake.seed), "resweep.study": study,
         "resweep.status": "running"})
     rid = run.info.run_id
-    params = flatten(config.to_dict())
+    params = trial_params(config)  # exactly the params `resweep run` logs
     now = int(time.time() * 1000)
     # The driver sends one log_batch per epoch; one request for all of them reads back the
     # same (same keys, steps and values) and keeps the fixture fast.
