@@ -30,7 +30,9 @@ reason) when the time budget (--budget-s) would be exceeded:
 5. degradation_estimate: search_spaces/degradation.yaml (9 trials, 64k iterations) on this
    GPU from the measured rates: step time linear in depth through the measured ResNets
    (plain nets scaled by plain-56 / ResNet-56), evaluation at the measured eval rate, the
-   measured start-up, and the measured 4-trial packing gain; longest-first on 4 slots.
+   measured start-up, and the measured 4-trial packing gain, on 4 slots: trials started
+   in the study's order (packed_minutes, the target below: the cautious figure) and
+   longest first (packed_minutes_longest_first, the order `resweep run` uses).
 6. targets: ResNet-56 graph >= 4x the reference eager loop; four packed ResNet-20 >= 2.5x
    one; the degradation study <= 20 minutes.
 7. compile (GPU only, if time is left): ResNet-20 graph + torch.compile.
