@@ -41,3 +41,16 @@ def test_dry_run_with_an_unreachable_tracking_server_exits_2(tmp_path, capsys, m
                     "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err
     assert "--tracking-uri" in err and "Traceback" not in err
+
+
+def test_train_rejects_a_non_object_config_and_a_missing_out_folder_before_training(
+        tmp_path, capsys):
+    # (`resweep train` input errors beside the run ones: both come before any work starts)
+    config = tmp_path / "trial.json"
+    config.write_text("[1, 2]")
+    assert resweep(["train", "--config", str(config)]) == 2
+    assert "JSON list" in capsys.readouterr().err
+    study = write_study(tmp_path, "one", space={"depth": [2]}, model={"family": "mlp"})
+    assert resweep(["train", str(study), "--out", str(tmp_path / "no" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err

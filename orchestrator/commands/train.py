@@ -37,6 +37,8 @@ exit status: 0 finished, 1 diverged (non-finite loss), 2 invalid input or missin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from orchestrator.arg_types import positive_int
+
     parser.add_argument("study", nargs="?", metavar="STUDY",
                         help="study YAML file (see search_spaces/*.yaml)")
     parser.add_argument("--trial", metavar="NAME_OR_ID",
@@ -58,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "it exists (a corrupt one is reported and ignored)")
     parser.add_argument("--device", metavar="DEVICE",
                         help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: the trial's train.threads)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
@@ -87,6 +89,9 @@ def _trial_from_json(path: str, overrides: list[str]):
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"--config: cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: got a JSON {type(data).__name__}; a trial config "
+                          "is an object (the trial.json a run logs)")
     data.pop("trial_id", None)
     for item in overrides:
         keys, value = _split_override(item)
@@ -182,11 +187,15 @@ def epoch_line(metrics: dict, train) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     from models.errors import ConfigError
 
     if args.config and args.study:
         raise ConfigError("give either STUDY or --config, not both")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        # Checked now: the result of a long trial must not be lost to a typo at the end.
+        raise ConfigError(f"--out: got {args.out!r}; its folder does not exist")
     if args.config:
         trial = _trial_from_json(args.config, args.overrides)
         trials = [trial]
