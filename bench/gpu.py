@@ -604,7 +604,9 @@ def _compare_paths(runs: list[dict]) -> list[dict]:
 
 def estimate_study_time(trials: list[TrialConfig], rate: dict, packing: list[dict],
                         source: str, startup_s: float | None = None) -> dict:
-    """Minutes for `trials` on one GPU from measured images/s (see the module docstring)."""
+    """Minutes for `trials` on one GPU from measured images/s (see the module docstring).
+    Epochs and evaluations assume CIFAR-10's split (50,000 training, 10,000 test images),
+    as in degradation.yaml (only val_size is read from the trials)."""
     measured = {NETS[n][0]: rate[(n, "engine-graph")] for n in ("resnet20", "resnet56", "resnet110")
                 if (n, "engine-graph") in rate}
     if len(measured) < 2:
