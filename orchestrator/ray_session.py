@@ -35,7 +35,6 @@ class RaySession:
     """What the run command needs to know about the Ray it got."""
 
     address: str | None      # None: embedded local Ray
-    started_here: bool       # we started it, so we stop it
     cpus: float
     gpus: float
 
@@ -71,7 +70,7 @@ def ray_session(address: str | None = None, *, log_to_driver: bool = False,
     os.environ.update(WORKER_ENV)
     if ray.is_initialized():
         resources = ray.cluster_resources()
-        yield RaySession(address, False, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        yield RaySession(address, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         return
 
     # `ray job submit` runs its entrypoint with RAY_ADDRESS set: that means the cluster.
@@ -95,7 +94,7 @@ def ray_session(address: str | None = None, *, log_to_driver: bool = False,
         raise ConfigError(_connect_hint(address, err)) from None
     try:
         resources = ray.cluster_resources()
-        yield RaySession(address, True, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        yield RaySession(address, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
     finally:
         ray.shutdown()
 

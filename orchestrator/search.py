@@ -70,7 +70,6 @@ class TrialResolvingSearcher(_NoTuneState, Searcher):
         self.resume_from = dict(resume_from or {})  # trial_id -> checkpoint to continue
         self.inner_ids: dict[str, str] = {}   # Tune trial id -> id the inner searcher knows
         self.active: dict[str, str] = {}      # Tune trial id -> trial_id it runs
-        self.repeated_proposals = 0
 
     def set_search_properties(self, metric, mode, config, **spec):
         return self.inner.set_search_properties(metric, mode, config, **spec)
@@ -90,7 +89,6 @@ class TrialResolvingSearcher(_NoTuneState, Searcher):
             running = trial.trial_id in self.active.values()
             if trial.trial_id in self.known_values or running:
                 # Already ran (or is running): Optuna learns the known value (or nothing).
-                self.repeated_proposals += 1
                 value = self.known_values.get(trial.trial_id)
                 result = {self.metric: value} if value is not None else None
                 self.inner.on_trial_complete(inner_id, result=result, error=False)
