@@ -50,9 +50,9 @@ _MODEL_COLUMNS = {"model.depth": "depth", "model.residual": "residual",
 def resolve_study(study: str) -> tuple[str, Path | None]:
     """STUDY as given on the command line -> (study name = experiment name, study file).
 
-    A path to a YAML file gives the study's `name` (through `search_spaces.load_study`
-    where available, so the file is validated as `resweep run` would); anything else that
-    does not look like a path is taken as the name itself."""
+    A path to a YAML file gives the study's `name` (through `search_spaces.load_study`, so
+    the file is validated as `resweep run` would); anything else that does not look like a
+    path is taken as the name itself."""
     path = Path(study)
     if path.is_file():
         return _study_name(path), path
@@ -63,20 +63,9 @@ def resolve_study(study: str) -> tuple[str, Path | None]:
 
 
 def _study_name(path: Path) -> str:
-    try:
-        from search_spaces import load_study
-    except ImportError:  # the study loader is not available: read just the name
-        load_study = None
-    if load_study is not None:
-        return load_study(str(path)).name
-    import yaml
+    from search_spaces import load_study  # validates the file as `resweep run` would
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    name = data.get("name") if isinstance(data, dict) else None
-    return str(name) if name else path.stem
+    return load_study(str(path)).name
 
 
 def default_tracking_uri() -> str:
