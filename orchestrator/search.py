@@ -90,7 +90,9 @@ class TrialResolvingSearcher(_NoTuneState, Searcher):
             if trial.trial_id in self.known_values or running:
                 # Already ran (or is running): Optuna learns the known value (or nothing).
                 value = self.known_values.get(trial.trial_id)
-                result = {self.metric: value} if value is not None else None
+                # A NaN (a diverged trial's loss) would leave Optuna's trial RUNNING.
+                known = value is not None and math.isfinite(value)
+                result = {self.metric: value} if known else None
                 self.inner.on_trial_complete(inner_id, result=result, error=False)
                 continue
             self.inner_ids[trial_id] = inner_id

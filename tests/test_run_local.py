@@ -235,3 +235,28 @@ def test_failed_trial_is_listed_and_exit_status_is_1(local_ray, tmp_path, capsys
     assert "no-such-folder" in failed.data.tags["resweep.error"]
     artifacts = {a.path for a in client_for(uri).list_artifacts(failed.info.run_id)}
     assert "error.txt" in artifacts
+
+
+def test_a_repeated_proposal_with_a_nan_known_value_is_pruned_not_left_running():
+    """A search proposal that lands on a trial done earlier is told to Optuna with the
+    known value; a NaN one (a diverged loss) is told as pruned, never left RUNNING."""
+    import optuna
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.search import TrialResolvingSearcher, optuna_distribution
+    from search_spaces import load_study_text
+
+    inner = OptunaSearch(space={"depth": optuna_distribution("depth", {
+        "type": "choice", "values": [2]})}, metric="val_error", mode="min",
+        sampler=optuna.samplers.RandomSampler(seed=0))
+    done = expand_study(load_study_text(
+        "name: nan-known\ndesign: grid\nmodel: {family: mlp, hidden: 8}\n"
+        "data: {dataset: fashion-mnist, train_size: 256, val_size: 64}\n"
+        "train: {recipe: cosine, epochs: 1}\nspace: {depth: [2]}\n"))[0]
+    searcher = TrialResolvingSearcher(inner, lambda params: done,
+                                      known_values={done.trial_id: float("nan")})
+    assert searcher.suggest("t1") == Searcher.FINISHED  # the only trial is done
+    states = {t.state for t in inner._ot_study.trials}
+    assert states == {optuna.trial.TrialState.PRUNED}
+
