@@ -86,11 +86,9 @@ def ray_session(address: str | None = None, *, log_to_driver: bool = False,
         kwargs.update(address=address, runtime_env=runtime_env(ship_code))
     try:
         ray.init(**kwargs)
-    except ConnectionError as err:
-        raise ConfigError(_connect_hint(address, err)) from None
     except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
         if address is None:
-            raise
+            raise  # the embedded Ray failed to start: not an input error
         raise ConfigError(_connect_hint(address, err)) from None
     try:
         resources = ray.cluster_resources()
