@@ -4,8 +4,11 @@
 line (at most twice a second); otherwise (CI logs, files) it prints a line whenever the
 counts change, and at least every 30 s. `--quiet` turns it off.
 
-The ETA counts epochs: remaining epochs of all trials / epochs finished per second so far
-in this run (trials running in parallel raise that rate).
+The ETA counts work: remaining epochs of all trials / epochs finished per second so far in
+this run (trials running in parallel raise that rate), each epoch weighted by its trial's
+relative cost (`epoch_cost`, e.g. MACs) when the caller knows it. Unweighted, the first
+epochs of a longest-first grid (the deep nets) would make the short trials left at the
+end look as slow as them.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ def format_duration(seconds: float) -> str:
 
 class ProgressDisplay(Callback):
     """See module docstring. total: trials this run will start; epochs_per_trial: the
-    planned length of each (None where only iterations are known: ETA by trials)."""
+    planned length of each (None where only iterations are known: ETA by trials);
+    epoch_cost: {trial name: relative cost of one epoch} for every trial to run, or None
+    (all equal)."""
 
     def __init__(self, total: int, epochs_per_trial: int | None, metric: str, mode: str,
-                 stream: TextIO | None = None, already_done: int = 0):
+                 stream: TextIO | None = None, already_done: int = 0,
+                 epoch_cost: dict[str, float] | None = None):
         self.total = total
         self.epochs_per_trial = epochs_per_trial or 1
         self.count_epochs = epochs_per_trial is not None
@@ -44,7 +50,9 @@ class ProgressDisplay(Callback):
         self.started_at = time.monotonic()
         self.status: dict[str, str] = {}   # Tune trial id -> running|finished|...|failed
         self.epochs: dict[str, int] = {}   # Tune trial id -> epochs done
-        self.epochs_this_run = 0
+        self.names: dict[str, str] = {}    # Tune trial id -> trial name
+        self.epoch_cost = epoch_cost or {}
+        self.work_this_run = 0.0           # cost-weighted epochs finished in this run
         self.best: tuple[float, str] | None = None
         self._last_counts: dict[str, int] | None = None
         self._last_print = 0.0
@@ -52,15 +60,18 @@ class ProgressDisplay(Callback):
     # Tune hooks ---------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = "running"
+        self.names[trial.trial_id] = trial.config["trial"]["name"]
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         before = self.epochs.get(trial.trial_id)
+        self.names[trial.trial_id] = trial.config["trial"]["name"]
+        cost = self._cost(trial.trial_id)
         if before is not None and epoch > before:
-            self.epochs_this_run += epoch - before
+            self.work_this_run += (epoch - before) * cost
         elif before is None:
-            self.epochs_this_run += 1  # first result seen here (maybe a resumed trial)
+            self.work_this_run += cost  # first result seen here (maybe a resumed trial)
         self.epochs[trial.trial_id] = epoch
         value = metric_value(result, self.metric)
         if value is not None and (self.best is None or self._better(value, self.best[0])):
@@ -96,16 +107,26 @@ class ProgressDisplay(Callback):
         return {"done": done, "running": running, "failed": failed,
                 "pending": max(0, self.total - done - running - failed)}
 
+    def _cost(self, tune_id: str) -> float:
+        """Relative cost of one epoch of this trial (1.0 when costs are unknown)."""
+        if not self.epoch_cost:
+            return 1.0
+        mean = sum(self.epoch_cost.values()) / len(self.epoch_cost)
+        return self.epoch_cost.get(self.names.get(tune_id, ""), mean)
+
     def eta_seconds(self) -> float | None:
         elapsed = time.monotonic() - self.started_at
-        if self.epochs_this_run == 0 or elapsed <= 0:
+        if self.work_this_run == 0 or elapsed <= 0:
             return None
         finished = {k for k, s in self.status.items() if s != "running"}
-        done_epochs = sum(self.epochs_per_trial if k in finished else
-                          min(self.epochs.get(k, 0), self.epochs_per_trial)
-                          for k in self.status)
-        remaining = self.total * self.epochs_per_trial - done_epochs
-        return remaining / (self.epochs_this_run / elapsed)
+        done_work = sum(self._cost(k) * (self.epochs_per_trial if k in finished else
+                                         min(self.epochs.get(k, 0), self.epochs_per_trial))
+                        for k in self.status)
+        total_work = self.epochs_per_trial * (sum(self.epoch_cost.values())
+                                              if len(self.epoch_cost) == self.total
+                                              else self.total)
+        remaining = max(0.0, total_work - done_work)
+        return remaining / (self.work_this_run / elapsed)
 
     def line(self) -> str:
         c = self.counts()

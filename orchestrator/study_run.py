@@ -78,6 +78,7 @@ class Work:
     cpu: float
     gpu: float
     max_concurrent: int | None
+    epoch_cost: dict[str, float] | None = None  # trial name -> relative cost (for the ETA)
 
 
 def storage_root(storage: str | None) -> str:
@@ -94,10 +95,11 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
 
     trials = expand_study(study)
     done = tracker.done_trial_ids()
-    configs, continued = [], 0
+    configs, continued, epoch_cost = [], 0, {}
     for trial in longest_first(study, trials):
         if trial.trial_id in done:
             continue
+        epoch_cost[trial.name] = trial_work(study, trial)
         config = {"trial": trial.to_dict()}
         earlier = tracker.resumable(trial.trial_id)
         if earlier is not None and earlier.checkpoint:
@@ -110,23 +112,25 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
     return Work(limit_concurrency(TrialListSearcher(configs), max_concurrent),
                 len(configs), len(trials) - len(configs), continued, metric, mode, None,
                 first.train.epochs if first else None, resources.cpu, resources.gpu,
-                max_concurrent)
+                max_concurrent, epoch_cost)
 
 
 def longest_first(study, trials: list) -> list:
     """Trials in order of decreasing estimated work (MACs x length), so the long ones do
     not start last and leave the other slots idle at the end (the grid's own order is
     kept among equals)."""
-    def work(trial) -> float:
-        try:
-            macs = study.model_stats(trial.model).macs
-        except ConfigError:
-            return 0.0
-        length = trial.train.iterations or (trial.train.epochs or 1) * (
-            trial.data.train_size or 50_000) / trial.train.batch_size
-        return macs * length
+    return sorted(trials, key=lambda trial: trial_work(study, trial), reverse=True)
 
-    return sorted(trials, key=work, reverse=True)
+
+def trial_work(study, trial) -> float:
+    """Estimated work of a trial: MACs per image x optimizer steps (0 if unknown)."""
+    try:
+        macs = study.model_stats(trial.model).macs
+    except ConfigError:
+        return 0.0
+    length = trial.train.iterations or (trial.train.epochs or 1) * (
+        trial.data.train_size or 50_000) / trial.train.batch_size
+    return macs * length
 
 
 def plan_search(study, tracker, max_concurrent: int | None) -> Work:
@@ -267,7 +271,8 @@ def _execute(options, study, tracker, work, storage, experiment_name, out, say,
     if not options.quiet:
         callbacks.append(ProgressDisplay(work.num_samples, work.epochs_per_trial, work.metric,
                                          work.mode, stream=out,
-                                         already_done=work.already_done))
+                                         already_done=work.already_done,
+                                         epoch_cost=work.epoch_cost))
     job = TuneJob(experiment_name=experiment_name, storage_path=storage, cpu=work.cpu,
                   gpu=work.gpu, searcher=work.searcher, num_samples=work.num_samples,
                   scheduler=work.scheduler, max_failures=options.max_failures)
