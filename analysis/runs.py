@@ -28,7 +28,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from models.errors import ConfigError
+from models.config import ConfigError
 
 # Which run of a trial_id to keep when there are several: a done one (finished, diverged,
 # stopped: the orchestrator never reruns those) before an interrupted or failed attempt.

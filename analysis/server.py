@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import ConfigError
+from models.config import ConfigError
 
 HOST = "127.0.0.1"
 

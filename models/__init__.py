@@ -8,7 +8,7 @@ Public API::
     load_torchvision_state_dict(model, sd)
 
 `models` never imports ray, mlflow or optuna (tests/test_layering.py). The exports are
-resolved lazily (PEP 562) so that `from models.errors import ConfigError` - done by every
+resolved lazily (PEP 562) so that `from models.config import ConfigError` - done by every
 CLI command, also for `resweep --help` - does not pay torch's ~4 s import.
 """
 
@@ -17,7 +17,7 @@ import importlib
 _EXPORTS = {
     "build_model": "models.build", "count_params": "models.build",
     "count_macs": "models.complexity", "ModelConfig": "models.config",
-    "ConfigError": "models.errors", "gradient_norms": "models.probes",
+    "ConfigError": "models.config", "gradient_norms": "models.probes",
     "layer_responses": "models.probes",
     "load_torchvision_state_dict": "models.torchvision_compat",
     "validate_model_config": "models.validation",

@@ -1,7 +1,11 @@
-"""`ModelConfig`: the resolved, plain-data description of one network.
+"""`ModelConfig`: the resolved, plain-data description of one network; `ConfigError`.
 
 Frozen so a config can be hashed and shared between processes; `to_dict`/`from_dict`
 round-trip through JSON (that is how a trial travels to a Ray worker and into MLflow).
+
+This module imports nothing but the standard library, so every layer (workers,
+search_spaces, analysis, the CLI, also `resweep --help`) imports `ConfigError` from here
+without paying for torch or the builders.
 """
 
 from __future__ import annotations
@@ -10,7 +14,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from models.errors import ConfigError
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed. The message names the field, the value
+    received and what is allowed, e.g.
+    ``model.depth: got 21; a basic cifar net needs depth = 6n+2 (20, 26, 32, ...)``.
+    The CLI turns it into exit status 2 with no traceback."""
+
 
 FAMILIES = ("cifar", "imagenet", "mlp")
 BLOCKS = ("basic", "bottleneck")

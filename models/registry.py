@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from models.errors import ConfigError
+from models.config import ConfigError
 
 T = TypeVar("T")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from numbers import Real
 
-from models.config import BLOCKS, FAMILIES, SHORTCUTS, ModelConfig
-from models.errors import ConfigError
+from models.config import BLOCKS, FAMILIES, SHORTCUTS, ConfigError, ModelConfig
 
 IMAGENET_DEPTHS = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck",
                    152: "bottleneck"}

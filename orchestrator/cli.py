@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from orchestrator import __version__
 
 # Order is the order shown in --help: the usual path through a study.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from models.errors import ConfigError
+from models.config import ConfigError
 
 # The packages a trial imports; shipped as py_modules with --ship-code.
 PROJECT_PACKAGES = ("models", "workers", "search_spaces", "orchestrator")

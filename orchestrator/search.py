@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from search_spaces.search import InfeasibleParams
 from workers.config import TrialConfig
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from orchestrator import __version__
 from orchestrator.tracking import DONE_STATUSES
 from orchestrator.tune_runner import DEFAULT_MAX_FAILURES

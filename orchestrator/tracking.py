@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.config import TrialConfig
 
 DONE_STATUSES = ("finished", "diverged", "stopped")

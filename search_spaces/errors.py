@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.errors import ConfigError
+from models.config import ConfigError
 
 
 @dataclass(frozen=True)

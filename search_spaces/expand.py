@@ -21,8 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from search_spaces.errors import Problem, format_path
 from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
 from search_spaces.schema import StudySpec

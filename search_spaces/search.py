@@ -25,7 +25,7 @@ import math
 import random
 from typing import Any
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from models.validation import validate_model_config
 from search_spaces.errors import Problem, format_path
 from search_spaces.expand import (Resolver, excluded_by, format_value, model_stats,

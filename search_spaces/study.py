@@ -16,8 +16,7 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from search_spaces.errors import Problem, StudyError
 from search_spaces.expand import Expansion, ModelStats, expand
 from search_spaces.keys import ParamKey

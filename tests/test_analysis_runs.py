@@ -5,7 +5,7 @@ import pytest
 from analysis.runs import load_study_runs, resolve_study
 from analysis_fixtures import (FakeTrial, degradation_trials, new_store, trial_config,
                                write_study)
-from models.errors import ConfigError
+from models.config import ConfigError
 
 STUDY = "runs-test"
 

@@ -17,8 +17,7 @@ import torch
 
 import workers.trial as trial_module
 from models import build_model, count_params
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
 from workers.engine import EagerStep, make_train_step
 from workers.graph_step import GraphCaptureWarning, GraphStep, _restore, _snapshot

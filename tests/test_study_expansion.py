@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from models import count_macs
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from search_spaces import (InfeasibleParams, StudyError, expand_study, load_study,
                            load_study_text, search_space, trial_from_params)
 from search_spaces.expand import model_stats

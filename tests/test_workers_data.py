@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from workers.augment import Normalize, channel_stats, random_crop_flip
 from workers.config import DataConfig, TrialConfig
 from workers.data import load_data, split_indices

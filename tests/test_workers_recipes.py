@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from workers.config import TrainConfig
 from workers.recipes import RECIPES, resolve_recipe
 from workers.schedule import ErrorWarmup, lr_at

@@ -19,7 +19,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.augment import Normalize, channel_stats, random_crop_flip
 from workers.config import DATASETS, TrialConfig
 from workers.locate import DataNotFoundError

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.config import TrainConfig
 from workers.train_step import train_step
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.config import TrialConfig
 from workers.data import EVAL_BATCH, Batch, split_indices
 from workers.locate import require_dataset

@@ -37,8 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from workers.config import TrialConfig
 from workers.data import EVAL_BATCH, SYNTHETIC_TEST_DEFAULT, SYNTHETIC_TRAIN_DEFAULT
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.locate import idx_file, require_dataset
 
 

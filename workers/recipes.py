@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from models.config import ModelConfig
-from models.errors import ConfigError
+from models.config import ConfigError, ModelConfig
 from workers.config import TrainConfig
 from workers.validate import validate_train_config
 

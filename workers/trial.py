@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from models import build_model, count_macs, count_params, gradient_norms, layer_responses
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpoint,
                                 save_checkpoint)
 from workers.config import TrialConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from models.errors import ConfigError
+from models.config import ConfigError
 from workers.config import DATASETS, PRECISIONS, SCHEDULES, DataConfig, TrainConfig
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from models.errors import ConfigError
+    from models.config import ConfigError
     from search_spaces.json_schema import schema_text
 
     text = schema_text()

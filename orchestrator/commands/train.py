@@ -74,7 +74,7 @@ def _parse_value(text: str):
 
 
 def _split_override(item: str) -> tuple[list[str], object]:
-    from models.errors import ConfigError
+    from models.config import ConfigError
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set: got {item!r}; expected KEY=VALUE, e.g. model.depth=56")
@@ -82,7 +82,7 @@ def _split_override(item: str) -> tuple[list[str], object]:
 
 
 def _trial_from_json(path: str, overrides: list[str]):
-    from models.errors import ConfigError
+    from models.config import ConfigError
     from workers.config import TrialConfig
     try:
         with open(path) as f:
@@ -112,7 +112,7 @@ def _study_trials(path: str, overrides: list[str]):
     """The study's trials. A `--set` on a key the design varies (e.g. model.depth=56 in a
     grid over depth) selects the trials with that value; every other `--set` is applied to
     the study file by `load_study`."""
-    from models.errors import ConfigError
+    from models.config import ConfigError
     from search_spaces import expand_study, load_study
 
     study = load_study(path)
@@ -143,7 +143,7 @@ def _study_trials(path: str, overrides: list[str]):
 
 
 def _pick(trials, wanted: str | None):
-    from models.errors import ConfigError
+    from models.config import ConfigError
     names = ", ".join(t.name for t in trials[:20]) + (" ..." if len(trials) > 20 else "")
     if wanted is None:
         if len(trials) == 1:
@@ -189,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from models.errors import ConfigError
+    from models.config import ConfigError
 
     if args.config and args.study:
         raise ConfigError("give either STUDY or --config, not both")
