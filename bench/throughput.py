@@ -41,7 +41,7 @@ from models import build_model  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from workers.config import DataConfig, TrainConfig, TrialConfig  # noqa: E402
 from workers.engine import pick_device  # noqa: E402
-from workers.readers import make_synthetic  # noqa: E402
+from workers.data.arrays import make_synthetic  # noqa: E402
 from workers.trial import train_trial  # noqa: E402
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from models.config import ModelConfig
 from workers.config import TrialConfig
+from workers.data.datasets import split_sizes
 
 STARTUP_SECONDS = 5.0         # a trial's process start, imports and data load (measured)
 _TRAIN_FACTOR = 3.0           # forward + backward ~ 3x forward MACs
@@ -41,10 +42,6 @@ REFERENCE_GPU = {             # MACs/s of one trial alone on an H200 (measured)
     "eager": 3 * _REFERENCE_RESNET20_MACS * 15_000,
 }
 _PACKING_GAIN = {1: 1.0, 2: 2.0, 4: 2.8, 8: 3.0}   # total images/s vs one trial alone
-DATASET_SPLITS = {"fashion-mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
-                  "cifar100": (50_000, 10_000), "imagenet": (1_281_167, 50_000),
-                  "synthetic": (None, 1_000)}
-SYNTHETIC_TRAIN = 10_000
 _CALIBRATION_MODEL = ModelConfig(family="cifar", depth=20, width=0.5, in_channels=1,
                                  image_size=28, num_classes=10)
 _CALIBRATION_BATCH = 128
@@ -100,9 +97,9 @@ def _measure(device: str, threads: int) -> Calibration:
     import torch
 
     from models import build_model
-    from search_spaces.expand import model_stats
+    from models.complexity import model_stats
 
-    macs = model_stats(_CALIBRATION_MODEL, {}).macs
+    macs = model_stats(_CALIBRATION_MODEL).macs
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -197,15 +194,8 @@ class TrialCost:
 
 def training_split(trial: TrialConfig) -> tuple[int, int]:
     """(training images per epoch, test images) for this trial's data settings."""
-    data = trial.data
-    train_total, test_total = DATASET_SPLITS.get(data.dataset, (None, 10_000))
-    if data.dataset == "synthetic":
-        train = data.train_size or SYNTHETIC_TRAIN
-    else:
-        pool = max(0, train_total - data.val_size)
-        train = min(data.train_size, pool) if data.train_size else pool
-    test = min(data.test_size, test_total) if data.test_size else test_total
-    return train, test
+    sizes = split_sizes(trial.data)
+    return sizes.train, sizes.test
 
 
 def estimate(trial: TrialConfig, macs: int, calibration: Calibration) -> TrialCost:

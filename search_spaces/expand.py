@@ -6,11 +6,13 @@ Steps, in order:
    is the baseline and is not repeated);
 2. constraints drop cells (`skip`, `require`), judged on the cell's full set of values
    (varied, fixed in the file, and defaults);
-3. each cell x seed is resolved: ModelConfig (data set shapes filled in; a plain net's
-   shortcut normalised to "A"), DataConfig, TrainConfig (`workers.recipes.resolve_recipe`);
+3. each cell x seed is resolved: ModelConfig (input shape and classes filled in from
+   `workers.data.datasets`; a plain net's shortcut normalised to "A"), DataConfig,
+   TrainConfig (`workers.recipes.resolve_recipe`);
 4. trials with the same `trial_id` merge (a plain net across shortcut options is one);
-5. every distinct model is built on the meta device, so an impossible architecture fails
-   here, and its parameters and MACs are kept for `resweep plan`.
+5. every distinct model is built on the meta device (`models.complexity.model_stats`), so
+   an impossible architecture fails here, and its parameters and MACs are kept for
+   `resweep plan`.
 """
 
 from __future__ import annotations
@@ -21,29 +23,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from models.complexity import ModelStats, model_stats  # also imported from here (study, search)
 from models.config import ConfigError, ModelConfig
 from search_spaces.errors import Problem, format_path
 from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
 from search_spaces.schema import StudySpec
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
+from workers.data.datasets import DATASET_FACTS
 from workers.validate import model_data_problems
 
-# Input shape and classes of each data set: (in_channels, num_classes, image_size).
-DATASET_SHAPES = {"fashion-mnist": (1, 10, 28), "cifar10": (3, 10, 32),
-                  "cifar100": (3, 100, 32), "imagenet": (3, 1000, 224)}
 # Raw grids this many times over max_trials are refused before cells are even listed.
 _HOPELESS_FACTOR = 50
 
 Cell = dict  # ParamKey -> value, in the order the file lists the keys
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """What `resweep plan` shows of a network: parameters and multiply-accumulates for
-    one input at the model's image size."""
-
-    params: int
-    macs: int
 
 
 @dataclass
@@ -90,10 +82,11 @@ class Resolver:
                 train[key.field] = value
         if model.get("stages") is not None:
             model["stages"] = tuple(model["stages"])
-        data_config = DataConfig(**data)
-        for name, value in zip(("in_channels", "num_classes", "image_size"),
-                               DATASET_SHAPES.get(data_config.dataset, ())):
-            model.setdefault(name, value)
+        facts = DATASET_FACTS.get(DataConfig(**data).dataset)
+        if facts is not None:
+            model.setdefault("in_channels", facts.channels)
+            model.setdefault("num_classes", facts.classes)
+            model.setdefault("image_size", facts.image_size)
         return model, data, train, recipe
 
     def resolve(self, cell: Cell, seed: int, name: str = "") -> tuple[TrialConfig, ModelConfig]:
@@ -137,10 +130,10 @@ class Resolver:
 def _shape_problems(model: ModelConfig, dataset: str) -> list[str]:
     """The network must take the data set's images and cover its classes (the same rule
     the worker applies when it loads the data, checked here before anything runs)."""
-    if dataset not in DATASET_SHAPES or dataset == "imagenet":  # folders: any crop size
+    facts = DATASET_FACTS.get(dataset)
+    if facts is None or not facts.on_device:  # image folders: any crop size, classes read
         return []
-    channels, classes, size = DATASET_SHAPES[dataset]
-    return model_data_problems(model, dataset, channels, size, classes)
+    return model_data_problems(model, dataset, facts.channels, facts.image_size, facts.classes)
 
 
 def normalise_model(cfg: ModelConfig) -> ModelConfig:
@@ -342,40 +335,6 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
         out.cells.append({k.text: coerce_value(k, v) for k, v in cell.items()})
     out.trials = unique_names(named)
     return out
-
-
-# Builds are deterministic, so one process never builds the same network twice (a test
-# session loads the same studies many times; `resweep run` loads once and plans once).
-_STATS_CACHE: dict[ModelConfig, "ModelStats | ConfigError"] = {}
-
-
-def model_stats(cfg: ModelConfig, cache: dict | None = None) -> ModelStats | ConfigError:
-    """Build `cfg` on the meta device (no memory) and count its parameters and MACs;
-    the ConfigError instead when the network is impossible. `cache` (a dict) also
-    receives the result, so a study keeps the stats of its own models."""
-    if cfg not in _STATS_CACHE:
-        _STATS_CACHE[cfg] = _build_and_count(cfg)
-    stats = _STATS_CACHE[cfg]
-    if cache is not None and isinstance(stats, ModelStats):
-        cache[cfg] = stats
-    return stats
-
-
-def _build_and_count(cfg: ModelConfig) -> ModelStats | ConfigError:
-    import torch
-
-    from models import build_model, count_params
-    from models.complexity import count_model_macs
-
-    try:
-        with torch.device("meta"):
-            net = build_model(cfg)
-    except ConfigError as err:
-        return err
-    # count_model_macs on the net just built: the same count as models.count_macs(cfg)
-    # without building the network a second time.
-    macs = count_model_macs(net, (cfg.in_channels, cfg.image_size, cfg.image_size))
-    return ModelStats(params=count_params(net), macs=int(macs))
 
 
 # "model.depth: got 21; ..." and "train.epochs/train.iterations: got ...; ..."

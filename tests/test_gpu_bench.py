@@ -1,24 +1,20 @@
-"""bench/gpu.py's arithmetic: the shared-GPU schedule, the study-time estimate, the
-summaries. (The whole script is checked with `python bench/gpu.py --cpu-smoke`, ~2.5 min,
-too slow for the suite; it runs for real on a GPU machine via bench/gpu_run.sh.)"""
+"""bench/gpu.py's arithmetic (bench/gpu_estimate.py): the shared-GPU schedule, the
+study-time estimate, the summaries. (The whole script is checked with `python
+bench/gpu.py --cpu-smoke`, ~2.5 min, too slow for the suite; it runs for real on a GPU
+machine via bench/gpu_run.sh.)"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench import gpu_estimate as bench
 from search_spaces import expand_study, load_study
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_gpu"] = bench          # its dataclasses look their module up
-_spec.loader.exec_module(bench)
 
 # ../shared/ANCHORS.md, one H200: CUDA graph + bf16 + channels_last, batch 128, images/s
 H200_GRAPH = {("resnet20", "engine-graph"): 63_500, ("resnet56", "engine-graph"): 23_600,
@@ -67,14 +63,14 @@ def test_summary_ratios_and_targets():
             {"net": "resnet56", "path": "engine-eager", "images_per_s": 6_000},
             {"net": "resnet56", "path": "reference-bf16cl", "images_per_s": 5_000},
             {"net": "resnet56", "path": "reference-fp32", "images_per_s": 6_000}]
-    summary = bench._throughput_summary(rows)["resnet56"]
+    summary = bench.throughput_summary(rows)["resnet56"]
     assert summary["graph_vs_best_reference"] == 4.0
     assert summary["graph_vs_reference_bf16cl"] == 4.8
     assert summary["graph_vs_engine_eager"] == 4.0
     result = {"throughput": {"summary": {"resnet56": summary}},
               "packing": {"rows": [{"procs": 4, "gain_vs_one": 2.4}]},
               "degradation_estimate": {"packed_minutes": 19.0}}
-    targets = bench._targets(result)
+    targets = bench.targets(result)
     assert [targets[k]["met"] for k in ("resnet56_graph_vs_reference", "packing4_gain",
                                         "degradation_minutes")] == [True, False, True]
 
@@ -84,6 +80,15 @@ def test_graph_and_eager_errors_are_compared_per_trial():
             {"trial": "a", "path": "eager", "train_error": 0.11, "val_error": 0.12, "test_error": 0.12},
             {"trial": "b", "path": "graph", "train_error": 0.40, "val_error": 0.3, "test_error": 0.3},
             {"trial": "b", "path": "eager", "train_error": 0.10, "val_error": 0.3, "test_error": 0.3}]
-    a, b = bench._compare_paths(runs)
+    a, b = bench.compare_paths(runs)
     assert a["graph_minus_eager"] == {"train_error": -0.01, "val_error": 0.0, "test_error": 0.01}
     assert a["within_noise"] and not b["within_noise"]
+
+
+def test_the_entry_point_wires_every_section():
+    from bench import gpu
+
+    assert {gpu.capture_checks.__module__, gpu.packing.__module__,
+            gpu.degradation_estimate.__module__} == {"bench.gpu_engine", "bench.gpu_packing",
+                                                     "bench.gpu_estimate"}
+    assert callable(gpu.main)

@@ -4,6 +4,8 @@ fixtures written here, splits, device augmentation, and the missing-data error."
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from models.config import ConfigError, ModelConfig
-from workers.augment import Normalize, channel_stats, random_crop_flip
 from workers.config import DataConfig, TrialConfig
 from workers.data import load_data, split_indices
-from workers.locate import DataNotFoundError, find_dataset
+from workers.data.arrays import Normalize, channel_stats, random_crop_flip, read_fashion_mnist
+from workers.data.datasets import DATASET_FACTS, split_sizes
+from workers.data.locate import DataNotFoundError, find_dataset
 
 FMNIST_MODEL = ModelConfig(depth=8, width=0.5, in_channels=1, image_size=28)
 CIFAR_MODEL = ModelConfig(depth=8, width=0.5, in_channels=3, image_size=32)
@@ -226,7 +229,7 @@ def test_missing_data_names_where_it_looked_and_how_to_get_it(tmp_path, monkeypa
     assert isinstance(err.value, ConfigError)
     with pytest.raises(DataNotFoundError) as err:
         load_data(trial(DataConfig(root=str(tmp_path))), CPU)
-    assert str(tmp_path) in str(err.value) and "python -m workers.fetch fashion-mnist" in str(err.value)
+    assert str(tmp_path) in str(err.value) and "python -m workers.data.fetch fashion-mnist" in str(err.value)
 
 
 def test_fashion_mnist_found_in_resweep_data_in_torchvision_layout(tmp_path, monkeypatch):
@@ -245,3 +248,36 @@ def test_synthetic_data_has_the_models_shape():
                                       test_size=40), model), CPU)
     assert data.counts == {"train": 300, "val": 50, "test": 40}
     assert data.image_shape == (3, 16, 16) and int(data.labels["train"].max()) < 7
+
+
+# -- the dataset facts (workers/data/datasets.py) ----------------------------------------
+
+def test_dataset_facts_match_the_fashion_mnist_files():
+    facts = DATASET_FACTS["fashion-mnist"]
+    arrays = read_fashion_mnist()
+    assert tuple(arrays.train_images.shape) == (facts.train, facts.channels,
+                                                facts.image_size, facts.image_size)
+    assert arrays.test_images.shape[0] == facts.test and arrays.num_classes == facts.classes
+
+
+@pytest.mark.parametrize("dataset, data", [
+    ("fashion-mnist", dict(val_size=5000, train_size=12_000, test_size=3000)),
+    ("fashion-mnist", dict(val_size=1000)),
+    ("synthetic", dict(val_size=50, train_size=None, test_size=None)),
+    ("synthetic", dict(val_size=0, train_size=64, test_size=2000)),
+])
+def test_split_sizes_are_the_counts_the_loader_gives(dataset, data):
+    config = DataConfig(dataset=dataset, **data)
+    sizes = split_sizes(config)
+    loaded = load_data(trial(config), CPU)
+    assert loaded.counts == {"train": sizes.train, "val": sizes.val, "test": sizes.test}
+
+
+def test_planning_imports_no_torch():
+    # The planner reads the dataset facts and the model stats' names; torch only when it
+    # counts (a fresh interpreter: this one has torch already).
+    code = ("import sys, workers.data, workers.data.datasets, search_spaces.expand, "
+            "search_spaces.cost, models.complexity; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

@@ -4,7 +4,8 @@ Public API::
 
     train_trial(config, report, checkpoint_dir=None) -> TrialResult     (workers.trial)
     RECIPES, resolve_recipe(name, overrides, model=None) -> TrainConfig  (workers.recipes)
-    python -m workers.fetch fashion-mnist                                (workers.fetch)
+    load_data(config, device) -> TrialData                              (workers.data)
+    python -m workers.data.fetch fashion-mnist                           (workers.data.fetch)
 
 `workers` never imports ray, mlflow or optuna (tests/test_layering.py), so one trial runs
 on a machine that has only torch. Exports are resolved lazily to keep `import workers` light.

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from workers.config import TrainConfig
-from workers.train_step import train_step
+from workers.engine import train_step
 
 WARMUP_STEPS = 3   # side-stream steps before capture (PyTorch's recipe uses a few)
 

@@ -39,15 +39,13 @@ import torch.nn.functional as F
 
 from models.config import ConfigError, ModelConfig
 from workers.config import TrialConfig
-from workers.data import EVAL_BATCH, SYNTHETIC_TEST_DEFAULT, SYNTHETIC_TRAIN_DEFAULT
+from workers.data.base import EVAL_BATCH
+from workers.data.datasets import DATASET_FACTS, split_sizes
 
 GIB = 1024 ** 3
 CUDA_CONTEXT_BYTES = 512 * 1024 ** 2   # per process; allowance (see module docstring)
 WORKSPACE_BYTES = 256 * 1024 ** 2      # cuDNN workspace + allocator slack; allowance
 WARN_FRACTION = 0.85                   # packed estimate above this share of the device: warn
-# Official split sizes (train, test) of the data sets that are held on the device.
-SPLITS = {"fashion-mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
-          "cifar100": (50_000, 10_000)}
 
 
 class GpuMemoryWarning(UserWarning):
@@ -91,17 +89,12 @@ def estimate_trial_memory(trial: TrialConfig) -> MemoryEstimate:
 def dataset_bytes(trial: TrialConfig) -> int:
     """uint8 images + int64 labels of the splits a trial keeps on the device."""
     data, model = trial.data, trial.model
-    if data.dataset == "synthetic":
-        train = (data.train_size or SYNTHETIC_TRAIN_DEFAULT) + data.val_size
-        test = data.test_size or SYNTHETIC_TEST_DEFAULT
-    elif data.dataset in SPLITS:
-        official_train, official_test = SPLITS[data.dataset]
-        train = min(official_train, (data.train_size or official_train) + data.val_size)
-        test = min(official_test, data.test_size or official_test)
-    else:                      # image folders stream from the host through a DataLoader
-        return 0
+    facts = DATASET_FACTS.get(data.dataset)
+    if facts is not None and not facts.on_device:
+        return 0               # image folders stream from the host through a DataLoader
+    sizes = split_sizes(data)
     per_image = model.in_channels * model.image_size ** 2 + 8
-    return (train + test) * per_image
+    return (sizes.train + sizes.val + sizes.test) * per_image
 
 
 @lru_cache(maxsize=256)

@@ -1,6 +1,6 @@
-"""`python -m workers.fetch DATASET`: make sure a data set is on disk and print where.
+"""`python -m workers.data.fetch DATASET`: make sure a data set is on disk and print where.
 
-fashion-mnist, in order: already present (see `workers.locate`) -> done; running as root
+fashion-mnist, in order: already present (see `workers.data.locate`) -> done; running as root
 with apt-get -> `apt-get install -y dataset-fashion-mnist` (after `apt-get update` if the
 first try fails); a network -> torchvision download into ./data; otherwise exit status 2
 with a message that says exactly how to get it. cifar10/cifar100: present -> done, else a
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workers.locate import HOW_TO_GET, LOCAL_DATA, candidate_bases, find_dataset
+from workers.data.locate import HOW_TO_GET, LOCAL_DATA, candidate_bases, find_dataset
 
 FETCHABLE = ("fashion-mnist", "cifar10", "cifar100")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -25,7 +25,7 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 def _say(message: str) -> None:
-    print(f"workers.fetch: {message}", file=sys.stderr, flush=True)
+    print(f"workers.data.fetch: {message}", file=sys.stderr, flush=True)
 
 
 def _apt_install() -> bool:
@@ -82,7 +82,7 @@ def fetch(dataset: str, root: str | None = None) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m workers.fetch",
+        prog="python -m workers.data.fetch",
         description="Make sure a data set is on disk and print the directory that holds it.")
     parser.add_argument("dataset", choices=FETCHABLE)
     parser.add_argument("--root", help="look (and download) only here instead of the defaults")

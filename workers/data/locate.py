@@ -5,7 +5,7 @@ Search order for every data set (the first hit wins):
 1. `data.root` from the trial config, when given (and only it);
 2. `$RESWEEP_DATA`;
 3. fashion-mnist only: `/usr/share/datasets/fashion-mnist` (Debian `dataset-fashion-mnist`);
-4. `./data` (where `python -m workers.fetch` and torchvision downloads put things).
+4. `./data` (where `python -m workers.data.fetch` and torchvision downloads put things).
 
 Inside each base directory both the flat layout and torchvision's layout are accepted:
 fashion-mnist `BASE/*.gz`, `BASE/fashion-mnist/*.gz` or `BASE/FashionMNIST/raw/*`;
@@ -29,17 +29,17 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 HOW_TO_GET = {
     "fashion-mnist": (
-        "get it with `python -m workers.fetch fashion-mnist` (or `make data`), which runs "
+        "get it with `python -m workers.data.fetch fashion-mnist` (or `make data`), which runs "
         "`apt-get install -y dataset-fashion-mnist` as root (Debian: files land in "
         "/usr/share/datasets/fashion-mnist) or downloads with torchvision into ./data where "
         "a network exists; or copy the four *-ubyte.gz files into $RESWEEP_DATA"),
     "cifar10": (
         "put torchvision's `cifar-10-batches-py/` folder (data_batch_1..5, test_batch) under "
-        "$RESWEEP_DATA or ./data, or run `python -m workers.fetch cifar10` where a network "
+        "$RESWEEP_DATA or ./data, or run `python -m workers.data.fetch cifar10` where a network "
         "exists (torchvision download)"),
     "cifar100": (
         "put torchvision's `cifar-100-python/` folder (train, test) under $RESWEEP_DATA or "
-        "./data, or run `python -m workers.fetch cifar100` where a network exists"),
+        "./data, or run `python -m workers.data.fetch cifar100` where a network exists"),
     "imagenet": (
         "point data.root (or $RESWEEP_DATA) at an image-folder tree with train/<class>/*.JPEG "
         "and val/<class>/*.JPEG (the layout of torchvision's ImageFolder)"),

@@ -5,7 +5,7 @@ JPEGs is CPU work; these sets do not fit on the device). The standard augmentati
 training = RandomResizedCrop(image_size) + horizontal flip; evaluation = resize to
 image_size * 256/224 and a center crop (single view). Normalised with the ImageNet
 channel mean/std. `ROOT/val` is the test set; `data.val_size` images are held out of
-`ROOT/train` for validation (see `workers.data.split_indices`).
+`ROOT/train` for validation (see `workers.data.base`).
 
 Shuffling and the workers' augmentation seeds come from one CPU generator whose state is
 checkpointed, so a resumed trial sees the same batches as an uninterrupted one. (With 0
@@ -24,8 +24,8 @@ from torchvision import datasets, transforms
 
 from models.config import ConfigError
 from workers.config import TrialConfig
-from workers.data import EVAL_BATCH, Batch, split_indices
-from workers.locate import require_dataset
+from workers.data.base import EVAL_BATCH, Batch, SplitData, count_test_images, split_indices
+from workers.data.locate import require_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,7 @@ def _transforms(image_size: int, augment: bool) -> tuple[transforms.Compose, tra
     return train, evaluate
 
 
-class FolderData:
+class FolderData(SplitData):
     """The `workers.data.TrialData` interface over an image-folder tree."""
 
     def __init__(self, config: TrialConfig, device: torch.device, workers: int | None = None):
@@ -63,9 +63,7 @@ class FolderData:
                               "image folders are read as RGB (3 channels)")
         train_idx, val_idx = split_indices(len(train_tree), config.data.val_size,
                                            config.data.train_size)
-        test_count = len(test_tree) if config.data.test_size is None else config.data.test_size
-        if not 0 < test_count <= len(test_tree):
-            raise ConfigError(f"data.test_size: got {test_count}; allowed 1..{len(test_tree)}")
+        test_count = count_test_images(config.data.test_size, len(test_tree))
         self.sets = {"train": Subset(train_tree, train_idx.tolist()),
                      "val": Subset(eval_tree, val_idx.tolist()),
                      "test": Subset(test_tree, list(range(test_count)))}
@@ -85,10 +83,6 @@ class FolderData:
         for x, y in loader:
             yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
 
-    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
-        n = self.counts["train"]
-        return n // batch_size if drop_last else -(-n // batch_size)
-
     def train_batches(self, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         return self._to_device(self._loader("train", batch_size, True, drop_last))
 
@@ -96,14 +90,8 @@ class FolderData:
         return self._to_device(self._loader(split, min(batch_size, 256), False, False))
 
     def probe_batch(self, count: int) -> Batch:
-        split = "val" if self.counts["val"] else "test"
+        split = self.probe_split()
         items = [self.sets[split][i] for i in range(min(count, self.counts[split]))]
         x = torch.stack([image for image, _ in items]).to(self.device)
         y = torch.tensor([label for _, label in items], device=self.device)
         return x, y
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
