@@ -155,6 +155,11 @@ def field_problems(config: Any, where: str) -> list[str]:
     return problems
 
 
+def invalid_fields(config: Any) -> set[str]:
+    """Names of the fields `field_problems` reports (rules between fields skip them)."""
+    return {s.name for s in settings(type(config)) if not s.accepts(getattr(config, s.name))}
+
+
 # ---- the network ----------------------------------------------------------------------
 
 FAMILIES = ("cifar", "imagenet", "mlp")
