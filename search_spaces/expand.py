@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from models.config import ConfigError, ModelConfig
-from search_spaces.errors import Problem, format_path
-from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
+from search_spaces.loading import Problem, format_path
 from search_spaces.schema import StudySpec
+from search_spaces.validate import ParamKey, coerce_value, is_list_field, parse_key
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
 from workers.validate import model_data_problems
 
