@@ -71,13 +71,16 @@ def _bounds(s: Setting) -> dict[str, Any]:
     return {k: v for k, v in bounds.items() if v is not None}
 
 
-def spec_model(config: type, *, optional: bool = True) -> type[BaseModel]:
+def spec_model(config: type, *, optional: bool = True,
+               keep: tuple[str, ...] = ()) -> type[BaseModel]:
     """A `_Spec` with one field per declared field of `config` (a dataclass of
     `setting`s): the same type (a tuple becomes a list), choices, bounds and description.
-    optional: every field Optional[...] = None, a study file sets what it changes; else
-    each field keeps the config's default."""
+    optional: every field Optional[...] = None (a study file sets what it changes), but
+    the fields named in `keep`; those, and all fields when not optional, keep the
+    config's default."""
     fields: dict[str, Any] = {}
     for s in settings(config):
+        is_optional = optional and s.name not in keep
         if s.rule.choices is not None:
             kind: Any = Literal[s.rule.choices]
         elif s.kind is tuple:
@@ -85,9 +88,9 @@ def spec_model(config: type, *, optional: bool = True) -> type[BaseModel]:
         else:
             kind = s.kind
         bounds = {} if s.kind is tuple else _bounds(s)
-        if optional or s.nullable:
+        if is_optional or s.nullable:
             kind = Optional[kind]
-        default = None if optional else s.default
+        default = None if is_optional else s.default
         fields[s.name] = (kind, Field(default, description=s.rule.doc, **bounds))
     return create_model(f"{config.__name__}Fields", __base__=_Spec, **fields)
 
@@ -102,12 +105,9 @@ class DataSpec(spec_model(DataConfig)):
     """`DataConfig` values (see workers.config.DataConfig)."""
 
 
-class TrainSpec(spec_model(TrainConfig)):
+class TrainSpec(spec_model(TrainConfig, keep=("recipe",))):
     """A named recipe (workers.recipes.RECIPES) plus overrides of its `TrainConfig` fields.
     Setting `epochs` clears the recipe's `iterations` and the other way round."""
-
-    # The recipe the other fields override: always set (the default's when left out).
-    recipe: str = Field(TrainConfig.recipe, description="a name in workers.recipes.RECIPES")
 
 
 class ResourcesSpec(spec_model(Resources, optional=False)):

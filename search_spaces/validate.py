@@ -103,7 +103,9 @@ def _lower_first(msg: str) -> str:
 
 def is_list_field(key: ParamKey) -> bool:
     """Fields whose single value is a list (milestones, stages): a list is not any-of."""
-    return key.field in ("milestones", "stages")
+    annotation = SECTION_SPECS[key.section].model_fields[key.field].annotation
+    return any(typing.get_origin(a) is list
+               for a in (annotation, *typing.get_args(annotation)))
 
 
 # ---- pydantic errors ------------------------------------------------------------------
