@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.architectures import BLOCK_SHAPES
 from models.registry import Registry
 
 BLOCKS: Registry = Registry("block")
@@ -37,8 +38,8 @@ def _add_shortcut(out: torch.Tensor, x: torch.Tensor, shortcut: nn.Module | None
 class BasicBlock(nn.Module):
     """Two 3x3 convs; output channels = `planes`."""
 
-    expansion = 1
-    layers = 2  # weighted layers counted in the depth
+    expansion = BLOCK_SHAPES["basic"].expansion  # 1
+    layers = BLOCK_SHAPES["basic"].layers  # 2 weighted layers counted in the depth
 
     def __init__(self, in_channels: int, planes: int, stride: int,
                  shortcut: nn.Module | None) -> None:
@@ -60,8 +61,8 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce to `planes`, 3x3 (carries the stride), 1x1 expand to 4 x `planes`."""
 
-    expansion = 4
-    layers = 3
+    expansion = BLOCK_SHAPES["bottleneck"].expansion  # 4
+    layers = BLOCK_SHAPES["bottleneck"].layers  # 3
 
     def __init__(self, in_channels: int, planes: int, stride: int,
                  shortcut: nn.Module | None) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.architectures import imagenet_stages
 from models.cifar import CifarResNet
 from models.config import ModelConfig
-from models.imagenet import ImageNetResNet, stages_for
+from models.imagenet import ImageNetResNet
 from models.mlp import MLPNet
 from models.validation import validate_model_config
 
@@ -23,7 +24,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
                            shortcut=cfg.shortcut, width=cfg.width,
                            in_channels=cfg.in_channels, num_classes=cfg.num_classes)
     if cfg.family == "imagenet":
-        return ImageNetResNet(stages=stages_for(cfg), block=cfg.block,
+        return ImageNetResNet(stages=imagenet_stages(cfg.depth, cfg.stages), block=cfg.block,
                               residual=cfg.residual, shortcut=cfg.shortcut,
                               width=cfg.width, in_channels=cfg.in_channels,
                               num_classes=cfg.num_classes)

@@ -15,16 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.architectures import STAGE_CHANNELS, cifar_blocks_per_stage
 from models.blocks import BLOCKS, init_conv_net, make_stage, network_units, scaled
 from models.shortcuts import SHORTCUTS
 
-STAGE_CHANNELS = (16, 32, 64)
-
-
-def blocks_per_stage(block: str, depth: int) -> int:
-    """n of the paper: depth = 6n+2 (basic) or 9n+2 (bottleneck)."""
-    layers_per_block = BLOCKS.get(block).layers
-    return (depth - 2) // (3 * layers_per_block)
+CHANNELS = STAGE_CHANNELS["cifar"]  # (16, 32, 64)
 
 
 class CifarResNet(nn.Module):
@@ -36,14 +31,14 @@ class CifarResNet(nn.Module):
         super().__init__()
         block_cls = BLOCKS.get(block)
         shortcut_factory = SHORTCUTS.get(shortcut) if residual else None
-        n = blocks_per_stage(block, depth)
+        n = cifar_blocks_per_stage(block, depth)
 
-        stem_channels = scaled(STAGE_CHANNELS[0], width)
+        stem_channels = scaled(CHANNELS[0], width)
         self.conv1 = nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         channels = stem_channels
-        for i, planes in enumerate(STAGE_CHANNELS):
+        for i, planes in enumerate(CHANNELS):
             stage, channels = make_stage(block_cls, channels, scaled(planes, width), n,
                                          1 if i == 0 else 2, shortcut_factory)
             self.add_module(f"layer{i + 1}", stage)

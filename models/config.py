@@ -1,18 +1,31 @@
-"""`ModelConfig`: the resolved, plain-data description of one network; `ConfigError`.
+"""`ModelConfig`, `ConfigError`, and `setting`: config fields declared once, with their rules.
+
+A config field is declared once, on its frozen dataclass, with `setting(default, doc=...,
+choices=..., ge=..., gt=..., le=..., lt=...)`; its type and whether it may be null come
+from the annotation (`int | None`). From that one declaration `field_problems` checks a
+resolved config, and search_spaces derives the study file's all-optional `*Spec` models
+and the JSON Schema. Only rules between fields stay as code (models/validation.py,
+workers/validate.py).
 
 Frozen so a config can be hashed and shared between processes; `to_dict`/`from_dict`
 round-trip through JSON (that is how a trial travels to a Ray worker and into MLflow).
 
-This module imports nothing but the standard library, so every layer (workers,
-search_spaces, analysis, the CLI, also `resweep --help`) imports `ConfigError` from here
-without paying for torch or the builders.
+This module imports nothing but the standard library (and models.architectures, itself
+stdlib-only), so every layer (workers, search_spaces, analysis, the CLI, also
+`resweep --help`) imports it without paying for torch or the builders.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Union
+
+from models.architectures import BLOCK_SHAPES
 
 
 class ConfigError(ValueError):
@@ -22,42 +35,163 @@ class ConfigError(ValueError):
     The CLI turns it into exit status 2 with no traceback."""
 
 
+# ---- one declaration per field --------------------------------------------------------
+
+_META_KEY = "resweep.setting"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field allows besides its type: choices and bounds (for a tuple field the
+    bounds apply to each item); `doc` is its one-line description."""
+
+    doc: str
+    choices: tuple | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+
+def setting(default: Any, *, doc: str, choices=None, ge=None, gt=None, le=None,
+            lt=None) -> Any:
+    """A dataclass field with its default, rule and description (see the module doc)."""
+    rule = Rule(doc, tuple(choices) if choices is not None else None, ge, gt, le, lt)
+    return dataclasses.field(default=default, metadata={_META_KEY: rule})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared field, resolved: `kind` is bool, int, float, str or tuple (then
+    `item` is the items' type); `nullable` when the annotation allows None."""
+
+    name: str
+    kind: type
+    item: type | None
+    nullable: bool
+    default: Any
+    rule: Rule
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.kind is tuple:
+            return isinstance(value, (tuple, list)) and all(
+                _is_a(self.item, v) and self._in_bounds(v) for v in value)
+        if not _is_a(self.kind, value):
+            return False
+        if self.rule.choices is not None and value not in self.rule.choices:
+            return False
+        return self.kind is bool or self.kind is str or self._in_bounds(value)
+
+    def _in_bounds(self, value: Any) -> bool:
+        r = self.rule
+        return ((r.ge is None or value >= r.ge) and (r.gt is None or value > r.gt)
+                and (r.le is None or value <= r.le) and (r.lt is None or value < r.lt))
+
+    def allowed(self) -> str:
+        """What the field allows, for messages: "a positive integer", "['fp32', 'bf16']"."""
+        if self.rule.choices is not None:
+            text = str(list(self.rule.choices))
+        elif self.kind is bool:
+            text = "true or false"
+        elif self.kind is str:
+            text = "text"
+        elif self.kind is tuple:
+            text = f"a list of {_number_text(self.item, self.rule, plural=True)}"
+        else:
+            text = _number_text(self.kind, self.rule, plural=False)
+        return f"null or {text}" if self.nullable else text
+
+
+def _is_a(kind: type, value: Any) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _number_text(kind: type, rule: Rule, plural: bool) -> str:
+    """"a positive integer", "a number >= 0 and < 1", "integers >= 1"."""
+    noun = "integer" if kind is int else "number"
+    if kind is int and rule.gt == 0 and (rule.ge, rule.le, rule.lt) == (None, None, None):
+        return f"positive {noun}s" if plural else f"a positive {noun}"
+    bounds = [f"{op} {value:g}" for op, value in
+              ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
+              if value is not None]
+    head = f"{noun}s" if plural else ("an " if noun == "integer" else "a ") + noun
+    return " ".join([head, " and ".join(bounds)]) if bounds else head
+
+
+@lru_cache(maxsize=None)
+def settings(cls: type) -> tuple[Setting, ...]:
+    """The declared fields of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if _META_KEY not in f.metadata:
+            continue
+        kind, nullable = hints[f.name], False
+        if typing.get_origin(kind) in (Union, types.UnionType):
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind, nullable = args[0], True
+        item = None
+        if typing.get_origin(kind) is tuple:  # tuple[int, ...]
+            kind, item = tuple, typing.get_args(kind)[0]
+        out.append(Setting(f.name, kind, item, nullable, f.default, f.metadata[_META_KEY]))
+    return tuple(out)
+
+
+def field_problems(config: Any, where: str) -> list[str]:
+    """One message per field of `config` that breaks its own rule, in declaration order:
+    ``train.lr: got -1; allowed: a number > 0``. Rules between fields are not checked."""
+    problems = []
+    for s in settings(type(config)):
+        value = getattr(config, s.name)
+        if not s.accepts(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            problems.append(f"{where}.{s.name}: got {shown!r}; allowed: {s.allowed()}")
+    return problems
+
+
+def invalid_fields(config: Any) -> set[str]:
+    """Names of the fields `field_problems` reports (rules between fields skip them)."""
+    return {s.name for s in settings(type(config)) if not s.accepts(getattr(config, s.name))}
+
+
+# ---- the network ----------------------------------------------------------------------
+
 FAMILIES = ("cifar", "imagenet", "mlp")
-BLOCKS = ("basic", "bottleneck")
+BLOCKS = tuple(BLOCK_SHAPES)  # ("basic", "bottleneck")
 SHORTCUTS = ("A", "B", "C")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One network of the ResNet family.
+    """One network of the ResNet family. A plain net (residual false) ignores `shortcut`
+    (expansion normalises it to "A")."""
 
-    family:      "cifar" (paper Sec. 4.2), "imagenet" (paper Table 1) or "mlp" (the toy).
-    depth:       weighted layers: 6n+2 (cifar basic), 9n+2 (cifar bottleneck),
-                 18/34/50/101/152 (imagenet); for "mlp" the number of two-layer blocks.
-    block:       "basic" (two 3x3 convs) or "bottleneck" (1x1, 3x3, 1x1).
-    residual:    False gives the plain twin (same layers, no shortcut at all).
-    shortcut:    "A" zero-padded identity, "B" projection where the shape changes,
-                 "C" projection on every block. Ignored (normalised to "A") when plain.
-    width:       channel multiplier: cifar stages have 16/32/64 x width channels,
-                 imagenet 64/128/256/512 x width.
-    in_channels: image channels (1 for Fashion-MNIST, 3 for CIFAR/ImageNet).
-    num_classes: classifier outputs.
-    image_size:  input height = width in pixels (MACs, and the mlp's input features).
-    stages:      imagenet only: explicit blocks per stage, overrides `depth`.
-    hidden:      mlp only: units per hidden layer.
-    """
-
-    family: str = "cifar"
-    depth: int = 20
-    block: str = "basic"
-    residual: bool = True
-    shortcut: str = "A"
-    width: float = 1.0
-    in_channels: int = 3
-    num_classes: int = 10
-    image_size: int = 32
-    stages: tuple[int, ...] | None = None
-    hidden: int = 64
+    family: str = setting("cifar", choices=FAMILIES,
+                          doc="cifar (paper Sec. 4.2), imagenet (paper Table 1) or mlp "
+                              "(the toy)")
+    depth: int = setting(20, ge=1, doc="weighted layers (6n+2 basic, 9n+2 bottleneck "
+                                       "cifar; 18/34/50/101/152 imagenet; mlp: blocks)")
+    block: str = setting("basic", choices=BLOCKS,
+                         doc="basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1)")
+    residual: bool = setting(True, doc="false: the plain twin, no shortcuts")
+    shortcut: str = setting("A", choices=SHORTCUTS,
+                            doc="A zero-padded identity, B projection where the shape "
+                                "changes, C projection everywhere; ignored by plain nets")
+    width: float = setting(1.0, gt=0, doc="channel multiplier (cifar stages 16/32/64 x "
+                                          "width, imagenet 64/128/256/512 x width)")
+    in_channels: int = setting(3, ge=1, doc="image channels (1 Fashion-MNIST, 3 CIFAR)")
+    num_classes: int = setting(10, ge=2, doc="classifier outputs")
+    image_size: int = setting(32, ge=1, doc="input height = width in pixels (for MACs, "
+                                            "and the mlp's input features)")
+    stages: tuple[int, ...] | None = setting(
+        None, ge=1, doc="imagenet only: blocks per stage, overrides depth")
+    hidden: int = setting(64, ge=1, doc="mlp only: units per layer")
 
     def __post_init__(self) -> None:
         if self.stages is not None and not isinstance(self.stages, tuple):

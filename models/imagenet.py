@@ -12,19 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.architectures import STAGE_CHANNELS
 from models.blocks import BLOCKS, init_conv_net, make_stage, network_units, scaled
-from models.config import ModelConfig
 from models.shortcuts import SHORTCUTS
 
-# Blocks per stage for the paper's depths (Table 1).
-STAGES_BY_DEPTH = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
-                   101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-STAGE_CHANNELS = (64, 128, 256, 512)
-
-
-def stages_for(cfg: ModelConfig) -> tuple[int, ...]:
-    """Explicit `cfg.stages` win; otherwise the paper's layout for `cfg.depth`."""
-    return tuple(cfg.stages) if cfg.stages is not None else STAGES_BY_DEPTH[cfg.depth]
+CHANNELS = STAGE_CHANNELS["imagenet"]  # (64, 128, 256, 512)
 
 
 class ImageNetResNet(nn.Module):
@@ -37,12 +29,12 @@ class ImageNetResNet(nn.Module):
         block_cls = BLOCKS.get(block)
         shortcut_factory = SHORTCUTS.get(shortcut) if residual else None
 
-        channels = scaled(STAGE_CHANNELS[0], width)
+        channels = scaled(CHANNELS[0], width)
         self.conv1 = nn.Conv2d(in_channels, channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, (num_blocks, planes) in enumerate(zip(stages, STAGE_CHANNELS)):
+        for i, (num_blocks, planes) in enumerate(zip(stages, CHANNELS)):
             stage, channels = make_stage(block_cls, channels, scaled(planes, width),
                                          num_blocks, 1 if i == 0 else 2, shortcut_factory)
             self.add_module(f"layer{i + 1}", stage)

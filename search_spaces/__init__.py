@@ -10,7 +10,7 @@ Public API::
 Imports pydantic, yaml, models and workers; never ray, mlflow or optuna.
 """
 
-from search_spaces.errors import Problem, StudyError
+from search_spaces.loading import Problem, StudyError
 from search_spaces.search import InfeasibleParams, search_space, trial_from_params
 from search_spaces.study import Study, expand_study, load_study, load_study_text
 

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from models.complexity import ModelStats, model_stats  # also imported from here (study, search)
 from models.config import ConfigError, ModelConfig
-from search_spaces.errors import Problem, format_path
-from search_spaces.keys import ParamKey, coerce_value, is_list_field, parse_key
+from search_spaces.loading import Problem, format_path
 from search_spaces.schema import StudySpec
+from search_spaces.validate import ParamKey, coerce_value, is_list_field, parse_key
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
 from workers.data.datasets import DATASET_FACTS
 from workers.validate import model_data_problems

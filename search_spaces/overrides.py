@@ -9,9 +9,8 @@ file data before validation, so an overridden value is checked like a written on
 
 from __future__ import annotations
 
-from search_spaces.errors import Problem
+from search_spaces.loading import Locations, Problem, load_yaml
 from search_spaces.schema import StudySpec
-from search_spaces.yaml_loader import Locations, load_yaml
 
 # Sections whose keys may themselves contain dots (parameter keys such as train.lr).
 _PARAM_SECTIONS = ("space", "baseline", "vary")

@@ -1,8 +1,13 @@
-"""The study file's typed schema: pydantic `*Spec` models, unknown keys forbidden.
+"""The study file's typed schema: pydantic `*Spec` models, unknown keys forbidden; its
+JSON Schema, shipped as `search_spaces/study.schema.json` (`resweep schema`).
 
 A study file is one `StudySpec`. Values are strict (YAML already gives native types, so a
-quoted "20" where a number belongs is a mistake worth reporting). The same models produce
-the JSON Schema shipped as `search_spaces/study.schema.json` (`resweep schema`).
+quoted "20" where a number belongs is a mistake worth reporting).
+
+The sections that set config fields (`model`, `data`, `train`, `resources`) are derived
+from the resolved dataclasses (`ModelConfig`, `DataConfig`, `TrainConfig`, `Resources`),
+where each field is declared once with its rule and description (models/config.py
+`setting`): a field added there is settable from a study file, with the same bounds.
 
 Cross-field rules (designs, parameter keys, constraints, distributions, architectures)
 are checked in `search_spaces.validate`, which reports them together with these.
@@ -10,14 +15,16 @@ are checked in `search_spaces.validate`, which reports them together with these.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag,
-                      WithJsonSchema, field_validator)
+                      WithJsonSchema, create_model, field_validator)
 from typing_extensions import Annotated
 
-from models.config import BLOCKS, FAMILIES, SHORTCUTS
-from workers.config import DATASETS, PRECISIONS, SCHEDULES
+from models.config import ModelConfig, Setting, settings
+from workers.config import DataConfig, Resources, TrainConfig
 
 # Metrics a trial reports per epoch that a search may optimise (see workers.train_trial).
 METRICS = ("val_error", "val_loss", "train_error", "train_loss", "test_error", "test_loss")
@@ -49,75 +56,62 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ModelSpec(_Spec):
+# ---- the config sections, derived from the dataclasses --------------------------------
+
+def _bounds(s: Setting) -> dict[str, Any]:
+    """pydantic bounds of a field (its items for a tuple). An integer > n is written
+    >= n+1, so the JSON Schema says `minimum: 1` for a positive integer."""
+    r = s.rule
+    bounds = {"ge": r.ge, "gt": r.gt, "le": r.le, "lt": r.lt}
+    if (s.item if s.kind is tuple else s.kind) is int:
+        if r.gt is not None:
+            bounds["ge"], bounds["gt"] = r.gt + 1, None
+        if r.lt is not None:
+            bounds["le"], bounds["lt"] = r.lt - 1, None
+    return {k: v for k, v in bounds.items() if v is not None}
+
+
+def spec_model(config: type, *, optional: bool = True,
+               keep: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A `_Spec` with one field per declared field of `config` (a dataclass of
+    `setting`s): the same type (a tuple becomes a list), choices, bounds and description.
+    optional: every field Optional[...] = None (a study file sets what it changes), but
+    the fields named in `keep`; those, and all fields when not optional, keep the
+    config's default."""
+    fields: dict[str, Any] = {}
+    for s in settings(config):
+        is_optional = optional and s.name not in keep
+        if s.rule.choices is not None:
+            kind: Any = Literal[s.rule.choices]
+        elif s.kind is tuple:
+            kind = list[Annotated[s.item, Field(**_bounds(s))]]
+        else:
+            kind = s.kind
+        bounds = {} if s.kind is tuple else _bounds(s)
+        if is_optional or s.nullable:
+            kind = Optional[kind]
+        default = None if is_optional else s.default
+        fields[s.name] = (kind, Field(default, description=s.rule.doc, **bounds))
+    return create_model(f"{config.__name__}Fields", __base__=_Spec, **fields)
+
+
+class ModelSpec(spec_model(ModelConfig)):
     """Fixed `ModelConfig` values shared by every trial (see models.config.ModelConfig).
     Anything left out takes the ModelConfig default, except in_channels, num_classes and
     image_size, which follow the data set (Fashion-MNIST: 1, 10, 28)."""
 
-    family: Optional[Literal[FAMILIES]] = Field(None, description="cifar | imagenet | mlp")
-    depth: Optional[int] = Field(None, ge=1, description="weighted layers (6n+2 basic, 9n+2 "
-                                 "bottleneck cifar; 18/34/50/101/152 imagenet; mlp: blocks)")
-    block: Optional[Literal[BLOCKS]] = None
-    residual: Optional[bool] = Field(None, description="false: the plain twin, no shortcuts")
-    shortcut: Optional[Literal[SHORTCUTS]] = Field(
-        None, description="A zero-padded identity, B projection where the shape changes, "
-                          "C projection everywhere; ignored by plain nets")
-    width: Optional[float] = Field(None, gt=0, description="channel multiplier")
-    in_channels: Optional[int] = Field(None, ge=1)
-    num_classes: Optional[int] = Field(None, ge=2)
-    image_size: Optional[int] = Field(None, ge=1)
-    stages: Optional[list[Annotated[int, Field(ge=1)]]] = Field(
-        None, description="imagenet only: blocks per stage, overrides depth")
-    hidden: Optional[int] = Field(None, ge=1, description="mlp only: units per layer")
 
-
-class DataSpec(_Spec):
+class DataSpec(spec_model(DataConfig)):
     """`DataConfig` values (see workers.config.DataConfig)."""
 
-    dataset: Optional[Literal[DATASETS]] = None
-    root: Optional[str] = None
-    train_size: Optional[int] = Field(None, ge=1, description="first N training images")
-    val_size: Optional[int] = Field(None, ge=0, description="held out of the training set")
-    test_size: Optional[int] = Field(None, ge=1, description="first N test images")
-    augment: Optional[bool] = None
-    download: Optional[bool] = None
 
-
-class TrainSpec(_Spec):
+class TrainSpec(spec_model(TrainConfig, keep=("recipe",))):
     """A named recipe (workers.recipes.RECIPES) plus overrides of its `TrainConfig` fields.
     Setting `epochs` clears the recipe's `iterations` and the other way round."""
 
-    recipe: str = Field("cosine", description="a name in workers.recipes.RECIPES")
-    epochs: Optional[int] = Field(None, ge=1)
-    iterations: Optional[int] = Field(None, ge=1, description="optimizer steps")
-    batch_size: Optional[int] = Field(None, ge=1)
-    lr: Optional[float] = Field(None, gt=0)
-    momentum: Optional[float] = Field(None, ge=0, lt=1)
-    nesterov: Optional[bool] = None
-    weight_decay: Optional[float] = Field(None, ge=0)
-    schedule: Optional[Literal[SCHEDULES]] = None
-    milestones: Optional[list[Annotated[int, Field(ge=1)]]] = Field(
-        None, description="iterations at which a step schedule multiplies lr by gamma")
-    gamma: Optional[float] = Field(None, gt=0)
-    warmup_iters: Optional[int] = Field(None, ge=0)
-    warmup_lr: Optional[float] = Field(None, gt=0)
-    warmup_until_error: Optional[float] = Field(None, ge=0, le=1)
-    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
-    grad_clip: Optional[float] = Field(None, gt=0)
-    precision: Optional[Literal[PRECISIONS]] = None
-    eval_every: Optional[int] = Field(None, ge=1, description="test error every k epochs")
-    device: Optional[str] = Field(None, description="auto | cpu | cuda | cuda:N")
-    threads: Optional[int] = Field(None, ge=1, description="torch threads per trial")
-    cuda_graph: Optional[bool] = None
-    compile: Optional[bool] = None
-    probes: Optional[bool] = None
 
-
-class ResourcesSpec(_Spec):
+class ResourcesSpec(spec_model(Resources, optional=False)):
     """What one trial asks of a Ray worker. gpu 0.25 packs four trials on one GPU."""
-
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0, description="a fraction below 1, or whole GPUs")
 
     @field_validator("gpu")
     @classmethod
@@ -259,5 +253,22 @@ class StudySpec(_Spec):
     max_trials: int = Field(500, ge=1, description="refuse studies with more trials")
 
 
-# Every section's spec must cover its resolved dataclass (a test checks it).
+# The sections whose fields a study may vary (parameter keys, search_spaces.validate).
 SECTION_SPECS = {"model": ModelSpec, "data": DataSpec, "train": TrainSpec}
+
+
+# ---- the JSON Schema ------------------------------------------------------------------
+
+SHIPPED = Path(__file__).with_name("study.schema.json")
+
+
+def study_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a study file, from `StudySpec`."""
+    schema = StudySpec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "resweep study", **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def schema_text() -> str:
+    """`study_schema()` as written to study.schema.json (2-space indent, final newline)."""
+    return json.dumps(study_schema(), indent=2, sort_keys=False) + "\n"

@@ -27,11 +27,11 @@ from typing import Any
 
 from models.config import ConfigError
 from models.validation import validate_model_config
-from search_spaces.errors import Problem, format_path
 from search_spaces.expand import (Resolver, excluded_by, format_value, model_stats,
                                   trial_name)
-from search_spaces.keys import ParamKey, check_value, coerce_value
+from search_spaces.loading import Problem, format_path
 from search_spaces.schema import ChoiceDistribution, IntDistribution, StudySpec
+from search_spaces.validate import ParamKey, check_value, coerce_value
 from workers.config import TrialConfig
 
 # Above this many combinations of candidate values, load-time checks use a sample.

@@ -17,13 +17,11 @@ from typing import Any, Sequence
 from pydantic import ValidationError
 
 from models.config import ConfigError, ModelConfig
-from search_spaces.errors import Problem, StudyError
 from search_spaces.expand import Expansion, ModelStats, expand
-from search_spaces.keys import ParamKey
+from search_spaces.loading import Locations, Problem, StudyError, load_yaml
 from search_spaces.overrides import apply_overrides
 from search_spaces.schema import SearchSpec, StudySpec
-from search_spaces.validate import schema_problems, semantic_problems
-from search_spaces.yaml_loader import Locations, load_yaml
+from search_spaces.validate import ParamKey, schema_problems, semantic_problems
 from workers.config import Resources, TrialConfig
 
 

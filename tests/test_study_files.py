@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from models.config import ModelConfig
+from models.config import ModelConfig, settings
 from search_spaces import StudyError, expand_study, load_study, search_space
-from search_spaces.json_schema import SHIPPED, schema_text, study_schema
-from search_spaces.schema import DataSpec, ModelSpec, TrainSpec
-from search_spaces.yaml_loader import load_yaml
+from search_spaces.loading import load_yaml
+from search_spaces.schema import (SHIPPED, DataSpec, ModelSpec, ResourcesSpec, TrainSpec,
+                                  schema_text, study_schema)
 from tests.study_helpers import (SHIPPED as SHIPPED_STUDIES, SMALL_STUDY,  # noqa: F401
                                  fixed_calibration, run_cli, write)
-from workers.config import DataConfig, TrainConfig
+from workers.config import DataConfig, Resources, TrainConfig
 
 torch.set_num_threads(1)
 
@@ -77,10 +77,35 @@ def test_json_schema_rejects_what_pydantic_rejects():
 
 
 @pytest.mark.parametrize("spec,config", [(ModelSpec, ModelConfig), (DataSpec, DataConfig),
-                                         (TrainSpec, TrainConfig)])
-def test_section_specs_cover_their_config_fields(spec, config):
-    # A field added to a config type must be settable from a study file.
-    assert set(spec.model_fields) == {f.name for f in dataclasses.fields(config)}
+                                         (TrainSpec, TrainConfig),
+                                         (ResourcesSpec, Resources)])
+def test_section_specs_are_derived_from_their_config_fields(spec, config):
+    # Every declared field is settable from a study file, in the JSON Schema with the
+    # dataclass's choices, bounds and description (integers > n as minimum n+1).
+    assert list(spec.model_fields) == [f.name for f in dataclasses.fields(config)]
+    defs = study_schema()["$defs"][spec.__name__]["properties"]
+    for s in settings(config):
+        prop = defs[s.name]
+        assert prop["description"] == s.rule.doc
+        typed = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+        assert len(typed) == 1, (s.name, prop)
+        typed = typed[0].get("items", typed[0]) if s.kind is tuple else typed[0]
+        if s.rule.choices is not None:
+            assert typed["enum"] == list(s.rule.choices)
+        integer = (s.item if s.kind is tuple else s.kind) is int
+        expected = {"minimum": s.rule.ge, "exclusiveMinimum": s.rule.gt,
+                    "maximum": s.rule.le, "exclusiveMaximum": s.rule.lt}
+        if integer and s.rule.gt is not None:
+            expected.update(minimum=s.rule.gt + 1, exclusiveMinimum=None)
+        for key, value in expected.items():
+            assert typed.get(key) == value, (s.name, key, typed)
+        json_type = {bool: "boolean", int: "integer", float: "number", str: "string"}
+        assert typed["type"] == json_type[s.item if s.kind is tuple else s.kind]
+        # A study sets what it changes (train.recipe always has one); resources keep
+        # their defaults.
+        optional = spec is not ResourcesSpec and (spec, s.name) != (TrainSpec, "recipe")
+        assert ("null" in [p.get("type") for p in prop.get("anyOf", [])]) == \
+            (optional or s.nullable)
 
 
 def test_degradation_quick_matches_the_anchor_setup():

@@ -3,6 +3,10 @@
 `TrialConfig` is what a worker receives. It is frozen, round-trips through JSON
 (`to_dict`/`from_dict`), and has a stable content hash, `trial_id`, over what determines
 the result (model, data, train, seed) but not over where it runs (resources) or its name.
+
+Every field is declared once, with its default, rule and description (`setting`, see
+models/config.py); the study file's `DataSpec`/`TrainSpec`/`ResourcesSpec` and the JSON
+Schema are derived from these declarations (search_spaces/schema.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config import ModelConfig, _known_fields
+from models.config import ModelConfig, _known_fields, setting
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 SCHEDULES = ("step", "cosine", "constant")
@@ -22,26 +26,21 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images a trial trains and evaluates on.
+    """Which images a trial trains and evaluates on."""
 
-    dataset:    one of DATASETS.
-    root:       where to look; None means the defaults (fashion-mnist: $RESWEEP_DATA,
-                /usr/share/datasets/fashion-mnist, ./data; others: $RESWEEP_DATA, ./data).
-    train_size: use the first N images of the training split (after the validation split
-                is held out); None = all.
-    val_size:   images held out of the training set for validation (paper: 5000 of 50k).
-    test_size:  use the first N test images; None = all.
-    augment:    pad-4-and-crop + horizontal flip on the training batches (on the device).
-    download:   let torchvision download where a network exists.
-    """
-
-    dataset: str = "fashion-mnist"
-    root: str | None = None
-    train_size: int | None = None
-    val_size: int = 5000
-    test_size: int | None = None
-    augment: bool = True
-    download: bool = False
+    dataset: str = setting("fashion-mnist", choices=DATASETS,
+                           doc="the images to train and evaluate on")
+    root: str | None = setting(
+        None, doc="where to look; null: $RESWEEP_DATA, then (fashion-mnist) "
+                  "/usr/share/datasets/fashion-mnist, then ./data")
+    train_size: int | None = setting(
+        None, gt=0, doc="first N training images (after the validation split); null: all")
+    val_size: int = setting(5000, ge=0, doc="held out of the training set for validation "
+                                            "(paper: 5000 of 50k)")
+    test_size: int | None = setting(None, gt=0, doc="first N test images; null: all")
+    augment: bool = setting(True, doc="pad-4-and-crop + horizontal flip of the training "
+                                      "batches (on the device)")
+    download: bool = setting(False, doc="let torchvision download where a network exists")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,32 +61,40 @@ class TrainConfig:
     warmup_lr / warmup_until_error: the paper's ResNet-110 trick: train at `warmup_lr`
     until the running training error falls below `warmup_until_error` (e.g. 0.8), at most
     `warmup_iters` steps, then switch to `lr`.
-    eval_every: evaluate test error every k epochs (and always after the last one).
     """
 
-    recipe: str = "cosine"
-    epochs: int | None = 10
-    iterations: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_lr: float | None = None
-    warmup_until_error: float | None = None
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    precision: str = "fp32"
-    eval_every: int = 1
-    device: str = "auto"
-    threads: int | None = None
-    cuda_graph: bool = True
-    compile: bool = False
-    probes: bool = True
+    recipe: str = setting("cosine", doc="a name in workers.recipes.RECIPES")
+    epochs: int | None = setting(10, gt=0, doc="passes over the training set (or iterations)")
+    iterations: int | None = setting(None, gt=0, doc="optimizer steps (or epochs)")
+    batch_size: int = setting(128, gt=0, doc="images per optimizer step")
+    lr: float = setting(0.1, gt=0, doc="learning rate (the peak of a schedule)")
+    momentum: float = setting(0.9, ge=0, lt=1, doc="SGD momentum")
+    nesterov: bool = setting(False, doc="Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = setting(1e-4, ge=0, doc="SGD weight decay (L2)")
+    schedule: str = setting("cosine", choices=SCHEDULES,
+                            doc="step: lr x gamma at each milestone; cosine: decay to 0 "
+                                "after warmup_iters; constant")
+    milestones: tuple[int, ...] = setting(
+        (), gt=0, doc="iterations at which a step schedule multiplies lr by gamma")
+    gamma: float = setting(0.1, gt=0, le=1, doc="lr factor at each milestone")
+    warmup_iters: int = setting(0, ge=0, doc="linear warm-up steps; with warmup_until_error "
+                                             "the longest warm-up")
+    warmup_lr: float | None = setting(None, gt=0, doc="lr until the training error falls "
+                                                      "below warmup_until_error")
+    warmup_until_error: float | None = setting(
+        None, gt=0, le=1, doc="training error fraction that ends the warm-up (paper: 0.8)")
+    label_smoothing: float = setting(0.0, ge=0, lt=1, doc="cross-entropy label smoothing")
+    grad_clip: float | None = setting(None, gt=0, doc="max gradient norm; null: no clipping")
+    precision: str = setting("fp32", choices=PRECISIONS,
+                             doc="fp32, or bf16 autocast")
+    eval_every: int = setting(1, gt=0, doc="test error every k epochs (and after the last)")
+    device: str = setting("auto", doc="auto | cpu | cuda | cuda:N | mps")
+    threads: int | None = setting(None, gt=0, doc="torch threads per trial; null: torch's "
+                                                  "default")
+    cuda_graph: bool = setting(True, doc="replay the training step as a CUDA graph (CUDA)")
+    compile: bool = setting(False, doc="torch.compile the model")
+    probes: bool = setting(True, doc="after the last epoch: layer responses and gradient "
+                                     "norms")
 
     def __post_init__(self) -> None:
         if not isinstance(self.milestones, tuple):
@@ -107,8 +114,8 @@ class TrainConfig:
 class Resources:
     """What one trial asks of a Ray worker: CPUs and a GPU fraction (0.25 = 4 per GPU)."""
 
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = setting(1.0, gt=0, doc="CPUs per trial")
+    gpu: float = setting(0.0, ge=0, doc="a fraction below 1, or whole GPUs")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from models.config import ConfigError
-    from search_spaces.json_schema import schema_text
+    from search_spaces.schema import schema_text
 
     text = schema_text()
     if args.out:

@@ -1,21 +1,70 @@
-"""Strict YAML: `yaml.safe_load` semantics, plus duplicate keys refused and line numbers kept.
+"""Reading a study file: strict YAML with a line for every key, and the located problems.
 
-`load_yaml(text, filename)` returns the plain data and a `Locations` map from key paths
-(tuples such as ("space", "depth", 2)) to 1-based line numbers, so validation errors
-elsewhere can say `file:line`. Explicit Python tags (`!!python/object:...`) are refused
-like `safe_load` refuses them; so are duplicate keys, which PyYAML would silently let the
-last one win. Numbers in exponent form without a dot (`1e-4`) are floats, as in YAML 1.2
-(YAML 1.1 would read them as strings).
+`load_yaml(text, filename)` returns the plain data, a `Locations` map from key paths
+(tuples such as ("space", "depth", 2)) to 1-based line numbers, and the problems found.
+Strict means `yaml.safe_load` semantics plus: explicit Python tags (`!!python/object:...`)
+are refused like `safe_load` refuses them; so are duplicate keys, which PyYAML would
+silently let the last one win. Numbers in exponent form without a dot (`1e-4`) are
+floats, as in YAML 1.2 (YAML 1.1 would read them as strings).
+
+`Problem` is one invalid value located in the file, `StudyError` all of a file's
+problems. A line reads ``<file>:<line>: <key.path>: got <value>; <what is allowed>``;
+problems that come from a command-line override name it instead of a line
+(``<file> (--set train.lr=x): train.lr: got 'x'; ...``). The CLI prints each line and
+exits with status 2.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import yaml
 
-from search_spaces.errors import Problem, format_path, short_repr
+from models.config import ConfigError
 
+
+# ---- located problems -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """One invalid value: where it is, what it is, and what would be allowed."""
+
+    where: str    # "file:line" or "file (--set ...)"
+    path: str     # dotted key path, list items as [i]: "space.depth[2]"
+    message: str  # "got 21; a basic cifar net needs depth = 6n+2"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.path}: {self.message}" if self.path else \
+            f"{self.where}: {self.message}"
+
+
+class StudyError(ConfigError):
+    """A study file has one or more problems; `problems` holds them in file order."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def format_path(parts: tuple) -> str:
+    """("space", "depth", 2) -> "space.depth[2]"; keys with dots stay whole."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr() cut to one readable line (a whole mapping can be the offending value)."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- strict YAML with line numbers ---------------------------------------------------
 
 class _StrictSafeLoader(yaml.SafeLoader):
     """SafeLoader whose float resolver also accepts `1e-4` and `5E3`."""
