@@ -1,16 +1,18 @@
-"""The report's figures (matplotlib, Agg backend), each as PNG and SVG.
+"""The report's figures of the trials' errors (matplotlib, Agg backend), each as PNG and
+SVG, and the style every figure shares (`FigureFile`, colours, axes, `save_figure`).
 
 1. training curves (paper Fig. 1/6): train error dashed, test error solid, against epoch;
    plain and residual side by side; one colour per depth.
 2. degradation map: final train and test error against depth, plain vs residual, 95%
    confidence bands over seeds.
 3. shortcut options A/B/C and plain (paper Table 3) as a bar chart.
-4. layer responses (paper Fig. 7): std of each layer's response, plain vs residual.
-5. gradient flow: per-block gradient norm on a log scale, plain vs residual.
 
-A figure is drawn only when the study's data supports it (two shortcut options, probes,
-more than one depth...); each `plot_*` returns None otherwise. Errors are stored as
-fractions and shown in percent.
+Figures 4 and 5 (layer responses, gradient flow) are drawn from the probes in
+`analysis.probe_figures`; `analysis.report.make_figures` collects them all in order.
+
+A figure is drawn only when the study's data supports it (two shortcut options, more
+than one depth...); each `plot_*` returns None otherwise. Errors are stored as fractions
+and shown in percent.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.findings import Findings, depth_free_key, twin_key  # noqa: E402
-from analysis.probes import mean_profile  # noqa: E402
 
 DPI = 150
 PLAIN_COLOURS = ("#d95f02", "#e7298a", "#a6761d", "#e6ab02")    # warm: plain nets
@@ -64,7 +65,7 @@ def depth_colours(depths) -> dict[int, tuple]:
     return {d: cmap(0.85 - 0.75 * i / (len(depths) - 1)) for i, d in enumerate(depths)}
 
 
-def _save(fig, out_dir: Path, name: str, title: str, caption: str) -> FigureFile:
+def save_figure(fig, out_dir: Path, name: str, title: str, caption: str) -> FigureFile:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     fig.savefig(png, dpi=DPI, bbox_inches="tight")
@@ -73,7 +74,7 @@ def _save(fig, out_dir: Path, name: str, title: str, caption: str) -> FigureFile
     return FigureFile(name, title, caption, png, svg)
 
 
-def _percent_axis(ax, label: str) -> None:
+def percent_axis(ax, label: str) -> None:
     ax.set_ylabel(label)
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.grid(True, alpha=0.3)
@@ -85,7 +86,7 @@ def depth_unit(done: pd.DataFrame) -> str:
     return "blocks" if families == {"mlp"} else "layers"
 
 
-def _integer_ticks(ax) -> None:
+def integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
@@ -145,8 +146,8 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
                 finals += test.tolist()
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        _integer_ticks(ax)
-        _percent_axis(ax, "error (%)")
+        integer_ticks(ax)
+        percent_axis(ax, "error (%)")
         markers_used.update(series_markers if many_series else {})
     # One legend for both panels, under them: it never hides a curve.
     unit = depth_unit(done)
@@ -171,7 +172,7 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
     note = ("" if held_out == "test_error" else
             " The test set was evaluated only at some epochs (stars); the solid lines show "
             "the validation error, measured every epoch.")
-    return _save(fig, out_dir, "1-training-curves", "Training curves",
+    return save_figure(fig, out_dir, "1-training-curves", "Training curves",
                  "Errors at the end of each epoch, mean over seeds." + note + " "
                  + _seed_note(done))
 
@@ -238,7 +239,7 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
         ax.set_xticks(sorted(agg["depth"].unique()))
         ax.set_xlabel("depth (two-layer blocks)" if depth_unit(done) == "blocks"
                       else "depth (weighted layers)")
-        _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
+        percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
         ax.set_title(f"final {metric.replace('_', ' ')} vs depth")
         if metric == "train_error":
             _mark_onsets(ax, agg, findings)
@@ -248,7 +249,7 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
         axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                            fontsize=7.5)
     fig.suptitle("Degradation map: error against depth, plain vs residual", y=1.02)
-    return _save(fig, out_dir, "2-degradation-map", "Degradation map",
+    return save_figure(fig, out_dir, "2-degradation-map", "Degradation map",
                  "Lines: mean over seeds; bands: 95% t-interval; dots: single seeds. "
                  "Plain nets dashed (warm colours), residual nets solid (cool colours). "
                  + _seed_note(done))
@@ -328,124 +329,17 @@ def plot_shortcuts(aggregates: pd.DataFrame, out_dir: Path) -> FigureFile | None
             ax.bar_label(bars, fmt="%.1f", fontsize=7.5, padding=2)
         ax.set_xticks(range(len(groups)), groups)
         ax.set_xlabel("depth")
-        _percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
+        percent_axis(ax, f"final {metric.replace('_', ' ')} (%)")
         ax.set_title(f"final {metric.replace('_', ' ')} by shortcut option")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, frameon=False, loc="upper center", ncols=len(options),
                bbox_to_anchor=(0.5, 1.0))
     fig.suptitle("Shortcut options (paper Table 3): A zero-padded identity, B projection where "
                  "the shape changes, C projection everywhere", y=1.07, fontsize=10)
-    return _save(fig, out_dir, "3-shortcuts", "Shortcut options A/B/C",
+    return save_figure(fig, out_dir, "3-shortcuts", "Shortcut options A/B/C",
                  "Bars: mean over seeds; whiskers: 95% t-interval. Numbers in percent.")
 
 
-# 4. Layer responses ------------------------------------------------------------------------
-
-def _profile_styles(profile: pd.DataFrame) -> dict[str, dict]:
-    """Per cell label: warm colours for plain, cool for residual, darker when deeper."""
-    styles = {}
-    for residual, palette in ((False, "Oranges"), (True, "Blues")):
-        cells = (profile[profile["residual"] == residual][["label", "depth"]]
-                 .drop_duplicates().sort_values(["depth", "label"]))
-        cmap = plt.get_cmap(palette)
-        for i, label in enumerate(cells["label"]):
-            shade = 0.5 + 0.45 * (i / max(1, len(cells) - 1))
-            styles[label] = dict(color=cmap(shade), ls="-" if residual else "--")
-    return styles
-
-
-def plot_layer_responses(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
-    """Std of each layer's response after BN (paper Fig. 7): in network order (left) and
-    sorted by magnitude (right); mean over seeds."""
-    profile = mean_profile(probes, "layer_responses")
-    if profile.empty:
-        return None
-    styles = _profile_styles(profile)
-    fig, axes = plt.subplots(1, 2, figsize=(11.2, 4.2), sharey=True)
-    for label, rows in profile.groupby("label", sort=False):
-        rows = rows.sort_values("index")
-        axes[0].plot(rows["index"] + 1, rows["value"], lw=1.6, label=label, **styles[label])
-        ranked = rows["value"].sort_values(ascending=False).to_numpy()
-        axes[1].plot(range(1, len(ranked) + 1), ranked, lw=1.6, label=label, **styles[label])
-    axes[0].set_xlabel("layer index (network order, input -> output)")
-    axes[1].set_xlabel("layer index (sorted by magnitude)")
-    # A few huge responses (e.g. a deep plain net's first layers) would flatten the rest
-    # on a linear axis.
-    log_scale = profile["value"].max() > 5 * profile["value"].median()
-    for ax in axes:
-        ax.set_ylabel("std of layer response (after BN)" + (", log scale" if log_scale else ""))
-        ax.grid(True, which="both" if log_scale else "major", alpha=0.3)
-        if log_scale:
-            ax.set_yscale("log")
-        else:
-            ax.set_ylim(bottom=0)
-        _integer_ticks(ax)
-    axes[0].set_title("responses in network order")
-    axes[1].set_title("responses sorted by magnitude")
-    _legend_by_depth(axes[1], profile, styles)
-    fig.suptitle("Layer responses (paper Fig. 7): std of each layer's output, plain vs "
-                 "residual", y=1.02)
-    return _save(fig, out_dir, "4-layer-responses", "Layer responses",
-                 "Standard deviation of each layer's output after batch norm, before the "
-                 "addition and ReLU, on a probe batch at the end of training; mean over "
-                 "seeds. Plain nets dashed (orange), residual nets solid (blue).")
-
-
-def _legend_by_depth(ax, profile: pd.DataFrame, styles: dict[str, dict]) -> None:
-    labels = (profile[["label", "depth", "residual"]].drop_duplicates()
-              .sort_values(["residual", "depth", "label"])["label"])
-    ax.legend(handles=[Line2D([], [], lw=1.8, label=l, **styles[l]) for l in labels],
-              frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              ncols=2 if len(labels) > 12 else 1)
-
-
-# 5. Gradient flow --------------------------------------------------------------------------
-
-def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
-    """Per-block weight-gradient L2 norm (log scale) against block index; plain left,
-    residual right, one colour per depth; mean over seeds."""
-    profile = mean_profile(probes, "gradient_norms")
-    if profile.empty:
-        return None
-    profile = profile[profile["value"] > 0]  # log scale
-    kinds = [(r, t) for r, t in ((False, "plain nets"), (True, "residual nets (ResNets)"))
-             if (profile["residual"] == r).any()]
-    colours = depth_colours(profile["depth"])
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.2), sharey=True,
-                             squeeze=False)
-    for ax, (residual, title) in zip(axes[0], kinds):
-        part = profile[profile["residual"] == residual]
-        series = sorted(part["series"].unique())
-        for (label, depth, name), rows in part.groupby(["label", "depth", "series"], sort=False):
-            rows = rows.sort_values("index")
-            marker = MARKERS[series.index(name) % 6] if len(series) > 1 else "o"
-            ax.plot(rows["index"] + 1, rows["value"], marker=marker, markersize=3, lw=1.6,
-                    color=colours[int(depth)], label=label)
-        ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("block index (1 = stem, last = classifier)")
-        ax.set_ylabel("weight-gradient L2 norm (log scale)")
-        ax.grid(True, which="both", alpha=0.25)
-        _integer_ticks(ax)
-        ax.legend(frameon=False, loc="best", ncols=2 if part["label"].nunique() > 6 else 1)
-    fig.suptitle("Gradient flow: per-block gradient norm at the end of training", y=1.02)
-    return _save(fig, out_dir, "5-gradient-flow", "Gradient flow",
-                 "L2 norm of each block's weight gradient on a probe batch; mean over seeds. "
-                 "Vanishing gradients show as norms falling towards the input (left end).")
-
-
-def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,
-                 findings: Findings, out_dir: Path) -> list[FigureFile]:
-    """Every figure the data supports, in report order."""
-    figures = [
-        plot_training_curves(done, curves, out_dir),
-        plot_degradation_map(done, findings, out_dir),
-        plot_shortcuts(findings.aggregates, out_dir),
-        plot_layer_responses(probes, out_dir),
-        plot_gradient_flow(probes, out_dir),
-    ]
-    return [f for f in figures if f is not None]
-
-
-__all__ = ["FigureFile", "make_figures", "plot_training_curves", "plot_degradation_map",
-           "plot_shortcuts", "plot_layer_responses", "plot_gradient_flow", "shortcut_table"]
+__all__ = ["FigureFile", "plot_training_curves", "plot_degradation_map", "plot_shortcuts",
+           "shortcut_table", "save_figure", "depth_colours", "depth_unit", "percent_axis",
+           "integer_ticks", "MARKERS"]

@@ -24,13 +24,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import FigureFile, make_figures, shortcut_table
+from analysis.figures import (FigureFile, plot_degradation_map, plot_shortcuts,
+                              plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
-from analysis.probes import layer_response_means, probe_table
+from analysis.probe_figures import plot_gradient_flow, plot_layer_responses
+from analysis.probe_tables import layer_response_means, probe_table
 from analysis.runs import StudyRuns
+from analysis.store import Artifact
 
-REPORT_ARTIFACT_DIR = "report"
+REPORT_ARTIFACT_DIR = Artifact.REPORT_DIR
 # Where `resweep ui` serves the store by default: links in reports of a local store.
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
 
@@ -72,6 +75,20 @@ def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None) 
     html_path.write_text(render_html(runs, findings, figures, study_text), encoding="utf-8")
     md_path.write_text(render_markdown(runs, findings, figures, out_dir), encoding="utf-8")
     return Report(html_path, md_path, figures, findings, study_text)
+
+
+def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,
+                 findings: Findings, out_dir: Path) -> list[FigureFile]:
+    """Every figure the data supports, in report order (1-3 `analysis.figures`, 4-5
+    `analysis.probe_figures`)."""
+    figures = [
+        plot_training_curves(done, curves, out_dir),
+        plot_degradation_map(done, findings, out_dir),
+        plot_shortcuts(findings.aggregates, out_dir),
+        plot_layer_responses(probes, out_dir),
+        plot_gradient_flow(probes, out_dir),
+    ]
+    return [f for f in figures if f is not None]
 
 
 def log_report(runs: StudyRuns, report: Report) -> str | None:

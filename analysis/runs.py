@@ -1,10 +1,11 @@
 """A study's MLflow runs as tidy tables.
 
-The orchestrator writes (see the MLflow conventions in the README / DESIGN.md):
-experiment = study name; one parent run per `resweep run` (tag resweep.kind=study, artifact
-study.yaml); one nested child run per trial (tag resweep.kind=trial, resweep.trial_id,
-resweep.status, resweep.seed; params = the flattened TrialConfig with dotted keys;
-per-epoch metrics with step = epoch; artifact probes.json).
+The orchestrator writes the layout of `analysis.store` (see also the MLflow conventions
+in the README and ARCHITECTURE.md): experiment = study name; one parent run per `resweep
+run` (tag resweep.kind=study, artifact study.yaml); one nested child run per trial (tag
+resweep.kind=trial, resweep.trial_id, resweep.status, resweep.seed; params = the
+flattened TrialConfig with dotted keys; per-epoch metrics of `workers.results` with step =
+epoch; artifact probes.json).
 
 `load_study_runs` reads that back with `MlflowClient` from any tracking URI into
 - `trials`: one row per trial (run id, status, parsed params, final metrics, cell label),
@@ -24,18 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+# default_tracking_uri and list_experiments are imported from here by the report and ui
+# commands; their home is analysis.store.
+from analysis.store import (Artifact, Kind, Tag, default_tracking_uri,  # noqa: F401
+                            kind_filter, list_experiments, local_store_path, search_all_runs)
 from models.config import ConfigError
+from workers.results import CURVE_METRICS, FINISHED, STATUS_RANK
 
-# Which run of a trial_id to keep when there are several: a done one (finished, diverged,
-# stopped: the orchestrator never reruns those) before an interrupted or failed attempt.
-_STATUS_RANK = {"finished": 0, "diverged": 1, "stopped": 2, "interrupted": 3, "failed": 4}
 # Per-epoch metrics read back as curves (step = epoch); errors are fractions in [0, 1].
-CURVE_KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss",
-              "test_loss", "lr", "iteration", "images_per_s", "elapsed_s")
+CURVE_KEYS = CURVE_METRICS
 # Flattened params that do not change what a trial computes, or that name it: a cell is
 # the set of trials that differ only in these (so: the seeds of one configuration).
 _NOT_CELL_PARAMS = ("seed", "name", "study", "trial_id", "train.device", "train.threads",
@@ -68,15 +69,10 @@ def _study_name(path: Path) -> str:
     return load_study(str(path)).name
 
 
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the store `resweep run` creates: sqlite:///<cwd>/mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def open_store(tracking_uri: str) -> MlflowClient:
     """A client on an *existing* store. A missing SQLite file would silently be created
     (empty) by MLflow, so it is refused here with the path that was looked at."""
-    local = _local_store_path(tracking_uri)
+    local = local_store_path(tracking_uri)
     if local is not None and not local.exists():
         raise ConfigError(
             f"--tracking-uri: no MLflow store at {local} (tracking URI {tracking_uri}); "
@@ -84,17 +80,6 @@ def open_store(tracking_uri: str) -> MlflowClient:
     # Artifact downloads (probes.json per trial) would otherwise draw a progress bar each.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _local_store_path(tracking_uri: str) -> Path | None:
-    if tracking_uri.startswith("sqlite:///"):
-        rest = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        return None if rest in ("", ":memory:") else Path(rest)
-    if tracking_uri.startswith("file://"):
-        return Path(tracking_uri[len("file://"):])
-    if "://" not in tracking_uri and ":" not in tracking_uri.split("/", 1)[0]:
-        return Path(tracking_uri)  # a bare directory: MLflow's file store
-    return None
 
 
 def find_experiment(client: MlflowClient, study: str, tracking_uri: str):
@@ -107,30 +92,6 @@ def find_experiment(client: MlflowClient, study: str, tracking_uri: str):
             f"experiments there: {names or 'none'}. Run `resweep run` on the study first, "
             "or pass --tracking-uri with the store it was run with")
     return experiment
-
-
-def list_experiments(client: MlflowClient) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def search_all_runs(client: MlflowClient, experiment_id: str, filter_string: str,
-                    order_by: list[str] | None = None) -> list:
-    """Every active run matching `filter_string`, across result pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def parse_param(text: str) -> Any:
@@ -168,20 +129,20 @@ class StudyRuns:
     @property
     def done(self) -> pd.DataFrame:
         """Trials that ran to completion: the rows statistics are computed from."""
-        return self.trials[self.trials["status"] == "finished"]
+        return self.trials[self.trials["status"] == FINISHED]
 
     def probes(self, run_id: str) -> dict | None:
         """The trial's probes.json ({"layer_responses": {...}, "gradient_norms": {...}}),
         or None when it has none."""
         if run_id not in self._probes:
-            self._probes[run_id] = read_json_artifact(self.client, run_id, "probes.json")
+            self._probes[run_id] = read_json_artifact(self.client, run_id, Artifact.PROBES)
         return self._probes[run_id]
 
     def study_text(self) -> str | None:
         """The study YAML the latest `resweep run` logged (artifact study.yaml)."""
         if self.parent_run_id is None:
             return None
-        return read_text_artifact(self.client, self.parent_run_id, "study.yaml")
+        return read_text_artifact(self.client, self.parent_run_id, Artifact.STUDY)
 
 
 def read_text_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
@@ -215,9 +176,9 @@ def load_study_runs(study: str, tracking_uri: str | None = None,
     experiment = find_experiment(client, study, tracking_uri)
     eid = experiment.experiment_id
 
-    parents = search_all_runs(client, eid, "tags.`resweep.kind` = 'study'",
+    parents = search_all_runs(client, eid, kind_filter(Kind.STUDY),
                               order_by=["attributes.start_time DESC"])
-    children = search_all_runs(client, eid, "tags.`resweep.kind` = 'trial'")
+    children = search_all_runs(client, eid, kind_filter(Kind.TRIAL))
     if not children:
         raise ConfigError(
             f"STUDY: experiment {study!r} in {tracking_uri} has no trial runs yet; "
@@ -238,12 +199,12 @@ def load_study_runs(study: str, tracking_uri: str | None = None,
         study=study, tracking_uri=tracking_uri, experiment_id=eid,
         parent_run_id=latest.info.run_id if latest else None,
         parent_run_name=latest.info.run_name if latest else None,
-        parents=len({r.data.tags.get("mlflow.parentRunId") for r in kept}),
+        parents=len({r.data.tags.get(Tag.PARENT_RUN_ID) for r in kept}),
         trials=trials, curves=curves, varying=varying, client=client)
 
 
 def _trial_key(run) -> str:
-    return run.data.tags.get("resweep.trial_id") or run.info.run_id
+    return run.data.tags.get(Tag.TRIAL_ID) or run.info.run_id
 
 
 def _deduplicate(children: list) -> list:
@@ -251,7 +212,7 @@ def _deduplicate(children: list) -> list:
     best: dict[str, Any] = {}
     for run in children:
         key = _trial_key(run)
-        rank = (_STATUS_RANK.get(run.data.tags.get("resweep.status", ""), 9),
+        rank = (STATUS_RANK.get(run.data.tags.get(Tag.STATUS, ""), 9),
                 -(run.info.start_time or 0))
         if key not in best or rank < best[key][0]:
             best[key] = (rank, run)
@@ -269,14 +230,14 @@ def _trial_table(kept: list, children: list) -> pd.DataFrame:
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
             "trial_id": _trial_key(run),
-            "name": tags.get("resweep.name", run.info.run_name),
-            "status": tags.get("resweep.status", "unknown"),
+            "name": tags.get(Tag.NAME, run.info.run_name),
+            "status": tags.get(Tag.STATUS, "unknown"),
             "mlflow_status": run.info.status,
-            "parent_run_id": tags.get("mlflow.parentRunId"),
+            "parent_run_id": tags.get(Tag.PARENT_RUN_ID),
             "start_time": run.info.start_time,
             "attempts": attempts[_trial_key(run)],
         }
-        seed = params.get("seed", parse_param(tags.get("resweep.seed", "0")))
+        seed = params.get("seed", parse_param(tags.get(Tag.SEED, "0")))
         row["seed"] = seed
         row.update({k: v for k, v in params.items() if k != "seed"})
         for key, short in _MODEL_COLUMNS.items():

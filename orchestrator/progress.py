@@ -19,16 +19,10 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from orchestrator.tracking import DONE_STATUSES
-from orchestrator.tune_callbacks import end_status, metric_value
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes \
-        else f"{secs}s"
+from orchestrator.trainable import envelope_name
+from orchestrator.tune_callbacks import end_status, metric_value, result_epoch
+from search_spaces.plan import format_duration
+from workers.results import DONE_STATUSES, FAILED, RUNNING
 
 
 class ProgressDisplay(Callback):
@@ -48,7 +42,7 @@ class ProgressDisplay(Callback):
         self.tty = self.stream.isatty()
         self.already_done = already_done
         self.started_at = time.monotonic()
-        self.status: dict[str, str] = {}   # Tune trial id -> running|finished|...|failed
+        self.status: dict[str, str] = {}   # Tune trial id -> a workers.results status
         self.epochs: dict[str, int] = {}   # Tune trial id -> epochs done
         self.names: dict[str, str] = {}    # Tune trial id -> trial name
         self.epoch_cost = epoch_cost or {}
@@ -59,14 +53,14 @@ class ProgressDisplay(Callback):
 
     # Tune hooks ---------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.status[trial.trial_id] = "running"
-        self.names[trial.trial_id] = trial.config["trial"]["name"]
+        self.status[trial.trial_id] = RUNNING
+        self.names[trial.trial_id] = envelope_name(trial.config)
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        epoch = result_epoch(result)
         before = self.epochs.get(trial.trial_id)
-        self.names[trial.trial_id] = trial.config["trial"]["name"]
+        self.names[trial.trial_id] = envelope_name(trial.config)
         cost = self._cost(trial.trial_id)
         if before is not None and epoch > before:
             self.work_this_run += (epoch - before) * cost
@@ -75,7 +69,7 @@ class ProgressDisplay(Callback):
         self.epochs[trial.trial_id] = epoch
         value = metric_value(result, self.metric)
         if value is not None and (self.best is None or self._better(value, self.best[0])):
-            self.best = (value, trial.config["trial"]["name"])
+            self.best = (value, envelope_name(trial.config))
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -83,7 +77,7 @@ class ProgressDisplay(Callback):
         self._show(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.status[trial.trial_id] = "failed"
+        self.status[trial.trial_id] = FAILED
         self._show(force=True)
 
     def on_step_end(self, iteration, trials, **info):
@@ -102,8 +96,8 @@ class ProgressDisplay(Callback):
     def counts(self) -> dict[str, int]:
         statuses = list(self.status.values())
         done = sum(s in DONE_STATUSES for s in statuses)
-        running = statuses.count("running")
-        failed = statuses.count("failed")
+        running = statuses.count(RUNNING)
+        failed = statuses.count(FAILED)
         return {"done": done, "running": running, "failed": failed,
                 "pending": max(0, self.total - done - running - failed)}
 
@@ -118,7 +112,7 @@ class ProgressDisplay(Callback):
         elapsed = time.monotonic() - self.started_at
         if self.work_this_run == 0 or elapsed <= 0:
             return None
-        finished = {k for k, s in self.status.items() if s != "running"}
+        finished = {k for k, s in self.status.items() if s != RUNNING}
         done_work = sum(self._cost(k) * (self.epochs_per_trial if k in finished else
                                          min(self.epochs.get(k, 0), self.epochs_per_trial))
                         for k in self.status)

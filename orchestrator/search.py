@@ -1,6 +1,6 @@
 """What Tune runs next: a fixed list of trials (grid, ablation) or Optuna's proposals
-(search), each handed to the trainable as {"trial": TrialConfig dict, ...}; and the
-early-stopping scheduler of a search study.
+(search), each handed to the trainable as the envelope of `orchestrator.trainable`
+({"trial": TrialConfig dict, ...}); and the early-stopping scheduler of a search study.
 
 Both designs go through a Tune `Searcher`, so the trainable, the MLflow callback and the
 progress display see the same config shape whatever the design.
@@ -14,8 +14,10 @@ from typing import Any, Callable
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from models.config import ConfigError
+from orchestrator.trainable import trial_envelope
 from search_spaces.search import InfeasibleParams
 from workers.config import TrialConfig
+from workers.results import EPOCH
 
 # How often a proposal may land on a trial that already ran before the space counts as
 # exhausted (a small categorical space fully explored).
@@ -97,10 +99,8 @@ class TrialResolvingSearcher(_NoTuneState, Searcher):
                 continue
             self.inner_ids[trial_id] = inner_id
             self.active[trial_id] = trial.trial_id
-            config = {"trial": trial.to_dict(), "search_params": params}
-            if trial.trial_id in self.resume_from:
-                config["resume_from"] = self.resume_from.pop(trial.trial_id)
-            return config
+            return trial_envelope(trial, search_params=params,
+                                  resume_from=self.resume_from.pop(trial.trial_id, None))
         return Searcher.FINISHED
 
     def on_trial_result(self, trial_id, result):
@@ -188,14 +188,14 @@ def make_scheduler(scheduler_spec: Any, *, metric: str, mode: str, max_epochs: i
         if not max_t:
             raise ConfigError("search.scheduler.asha.max_t: the trials run for a number of "
                               "iterations, not epochs; set max_t (epochs) explicitly")
-        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=int(max_t),
+        return ASHAScheduler(time_attr=EPOCH, metric=metric, mode=mode, max_t=int(max_t),
                              grace_period=int(asha.get("grace_period", 1)),
                              reduction_factor=float(asha.get("reduction_factor", 3)))
     if median is not None:
         from ray.tune.schedulers import MedianStoppingRule
 
         return MedianStoppingRule(
-            time_attr="epoch", metric=metric, mode=mode,
+            time_attr=EPOCH, metric=metric, mode=mode,
             grace_period=float(median.get("grace_period", 1)),
             min_samples_required=int(median.get("min_samples_required", 3)))
     return None

@@ -22,10 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from analysis.store import Tag, best_metric_tag, trials_tag
 from models.config import ConfigError
 from orchestrator import __version__
-from orchestrator.tracking import DONE_STATUSES
 from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
+from workers.results import (DONE_STATUSES, END_STATUSES, FAILED, FINISHED, INTERRUPTED,
+                             STOPPED)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 DEFAULT_METRIC = ("val_error", "min")  # what "best so far" shows for grid studies
@@ -64,8 +66,9 @@ class RunOptions:
 
 
 @dataclass
-class Work:
-    """What this run will do."""
+class RunPlan:
+    """What this `resweep run` will do: the searcher handing out its trials, how many,
+    with what resources, and what the progress display needs."""
 
     searcher: object
     num_samples: int          # trials Tune may start
@@ -74,11 +77,11 @@ class Work:
     metric: str
     mode: str
     scheduler: object | None
-    epochs_per_trial: int | None
+    epochs_per_trial: int | None   # None: the trials run a number of iterations
     cpu: float
     gpu: float
     max_concurrent: int | None
-    epoch_cost: dict[str, float] | None = None  # trial name -> relative cost (for the ETA)
+    epoch_cost: dict[str, float] | None = None  # trial name -> work of one epoch (ETA)
 
 
 def storage_root(storage: str | None) -> str:
@@ -89,9 +92,13 @@ def storage_root(storage: str | None) -> str:
     return os.path.abspath(storage or "ray_results")
 
 
-def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
+def plan_grid(study, tracker, max_concurrent: int | None) -> RunPlan:
+    """The trials of a grid/ablation study not done yet, longest first (the cost model's
+    order, `search_spaces.plan.longest_first`); interrupted ones resume."""
     from orchestrator.search import TrialListSearcher, limit_concurrency
+    from orchestrator.trainable import trial_envelope
     from search_spaces import expand_study
+    from search_spaces.plan import longest_first, study_epochs, trial_work
 
     trials = expand_study(study)
     done = tracker.done_trial_ids()
@@ -99,44 +106,26 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> Work:
     for trial in longest_first(study, trials):
         if trial.trial_id in done:
             continue
-        epoch_cost[trial.name] = trial_work(study, trial)
-        config = {"trial": trial.to_dict()}
+        epoch_cost[trial.name] = trial_work(study, trial) / (trial.train.epochs or 1)
         earlier = tracker.resumable(trial.trial_id)
-        if earlier is not None and earlier.checkpoint:
-            config["resume_from"] = earlier.checkpoint
-            continued += 1
-        configs.append(config)
+        resume_from = earlier.checkpoint if earlier is not None else None
+        continued += bool(resume_from)
+        configs.append(trial_envelope(trial, resume_from=resume_from))
     metric, mode = DEFAULT_METRIC
-    first = trials[0] if trials else None
-    resources = first.resources if first else study.resources
-    return Work(limit_concurrency(TrialListSearcher(configs), max_concurrent),
-                len(configs), len(trials) - len(configs), continued, metric, mode, None,
-                first.train.epochs if first else None, resources.cpu, resources.gpu,
-                max_concurrent, epoch_cost)
+    resources = trials[0].resources if trials else study.resources
+    return RunPlan(limit_concurrency(TrialListSearcher(configs), max_concurrent),
+                   len(configs), len(trials) - len(configs), continued, metric, mode, None,
+                   study_epochs(study), resources.cpu, resources.gpu, max_concurrent,
+                   epoch_cost)
 
 
-def longest_first(study, trials: list) -> list:
-    """Trials in order of decreasing estimated work (MACs x length), so the long ones do
-    not start last and leave the other slots idle at the end (the grid's own order is
-    kept among equals)."""
-    return sorted(trials, key=lambda trial: trial_work(study, trial), reverse=True)
-
-
-def trial_work(study, trial) -> float:
-    """Estimated work of a trial: MACs per image x optimizer steps (0 if unknown)."""
-    try:
-        macs = study.model_stats(trial.model).macs
-    except ConfigError:
-        return 0.0
-    length = trial.train.iterations or (trial.train.epochs or 1) * (
-        trial.data.train_size or 50_000) / trial.train.batch_size
-    return macs * length
-
-
-def plan_search(study, tracker, max_concurrent: int | None) -> Work:
+def plan_search(study, tracker, max_concurrent: int | None) -> RunPlan:
+    """Optuna's proposals still missing to reach `search.num_samples`, warm-started with
+    the trials done earlier; interrupted ones are proposed first and resume."""
     from orchestrator.search import (TrialResolvingSearcher, limit_concurrency,
                                      make_optuna_searcher, make_scheduler)
     from search_spaces import search_space, trial_from_params
+    from search_spaces.plan import study_epochs
 
     settings = study.search
     seed = study.seeds[0] if study.seeds else 0
@@ -157,29 +146,25 @@ def plan_search(study, tracker, max_concurrent: int | None) -> Work:
         optuna, lambda params: trial_from_params(study, params, seed), known_values=known,
         resume_from={tid: run.checkpoint for tid, run in resumable.items()})
     limit = max_concurrent or settings.max_concurrent
-    epochs = study.spec.train.epochs
-    if epochs is None:
-        from workers import resolve_recipe
-
-        epochs = resolve_recipe(study.spec.train.recipe, {}).epochs
+    epochs = study_epochs(study)
     scheduler = make_scheduler(settings.scheduler, metric=settings.metric,
                                mode=settings.mode, max_epochs=epochs)
     remaining = max(0, settings.num_samples - len(done))
-    return Work(limit_concurrency(searcher, limit), remaining, len(done), len(resumable),
-                settings.metric, settings.mode, scheduler, epochs, study.resources.cpu,
-                study.resources.gpu, limit)
+    return RunPlan(limit_concurrency(searcher, limit), remaining, len(done), len(resumable),
+                   settings.metric, settings.mode, scheduler, epochs, study.resources.cpu,
+                   study.resources.gpu, limit)
 
 
-def check_fits(work: Work, session) -> None:
+def check_fits(plan: RunPlan, session) -> None:
     """An embedded Ray that can never hold one trial would wait forever: say so instead."""
     if session.address is not None:
         return  # a cluster may grow (autoscaler); Tune warns while it waits
-    if work.gpu > session.gpus:
-        raise ConfigError(f"resources.gpu: got {work.gpu:g}; this machine has "
+    if plan.gpu > session.gpus:
+        raise ConfigError(f"resources.gpu: got {plan.gpu:g}; this machine has "
                           f"{session.gpus:g} GPUs (set resources.gpu: 0, or run on a GPU "
                           "machine or cluster with --address)")
-    if work.cpu > session.cpus:
-        raise ConfigError(f"resources.cpu: got {work.cpu:g}; this machine has "
+    if plan.cpu > session.cpus:
+        raise ConfigError(f"resources.cpu: got {plan.cpu:g}; this machine has "
                           f"{session.cpus:g} CPUs")
 
 
@@ -212,7 +197,7 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     started = time.monotonic()
     study = load_study(options.study_path, options.overrides)
     tracking_uri = options.tracking_uri or default_tracking_uri()
-    plan = plan_search if study.design == "search" else plan_grid
+    make_plan = plan_search if study.design == "search" else plan_grid
     db = sqlite_path(tracking_uri)
     fresh_store = db is not None and not db.exists()
     if options.resume and fresh_store:
@@ -221,18 +206,18 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     opening = None
     if fresh_store:
         # A new SQLite store runs all of MLflow's migrations (5-15 s on 2 cores); it has
-        # no earlier runs, so there is work to do: let that overlap Ray's start-up.
+        # no earlier runs, so there is something to do: let that overlap Ray's start-up.
         opening = concurrent.futures.ThreadPoolExecutor(1).submit(
             StudyTracker.open, tracking_uri, study.name)
-        tracker = work = None
+        tracker = plan = None
     else:
         tracker = StudyTracker.open(tracking_uri, study.name)
         if options.resume and not tracker.ran_before():
             raise ConfigError(f"--resume: study {study.name!r} has no earlier runs in "
                               f"{tracking_uri}; run it without --resume to start it")
-        work = plan(study, tracker, options.max_concurrent)
-        if work.num_samples == 0:
-            print(f"resweep run: study {study.name!r}: all {work.already_done} trials are "
+        plan = make_plan(study, tracker, options.max_concurrent)
+        if plan.num_samples == 0:
+            print(f"resweep run: study {study.name!r}: all {plan.already_done} trials are "
                   f"already done in {tracking_uri}; nothing to run", file=out)
             return EXIT_OK
 
@@ -241,60 +226,60 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     with ray_session(options.address, ship_code=options.ship_code) as session:
         if opening is not None:
             tracker = opening.result()
-            work = plan(study, tracker, options.max_concurrent)
-        check_fits(work, session)
+            plan = make_plan(study, tracker, options.max_concurrent)
+        check_fits(plan, session)
         tracker.start_study(study.name, study_hash=study.source_hash,
                             study_text=study.source_text, version=__version__,
-                            extra_tags={"resweep.design": study.design,
-                                        "resweep.ray_storage": f"{storage}/{experiment_name}"})
-        say(f"resweep run: study {study.name!r} ({study.design}): {work.num_samples} trials "
-            f"to run" + (f", {work.already_done} done earlier" if work.already_done else "")
-            + (f", {work.continued} continue from a checkpoint" if work.continued else "")
-            + f"; {session.describe()}; {work.cpu:g} CPU / {work.gpu:g} GPU per trial"
-            + (f", at most {work.max_concurrent} at a time" if work.max_concurrent else ""))
+                            extra_tags={Tag.DESIGN: study.design,
+                                        Tag.RAY_STORAGE: f"{storage}/{experiment_name}"})
+        say(f"resweep run: study {study.name!r} ({study.design}): {plan.num_samples} trials "
+            f"to run" + (f", {plan.already_done} done earlier" if plan.already_done else "")
+            + (f", {plan.continued} continue from a checkpoint" if plan.continued else "")
+            + f"; {session.describe()}; {plan.cpu:g} CPU / {plan.gpu:g} GPU per trial"
+            + (f", at most {plan.max_concurrent} at a time" if plan.max_concurrent else ""))
         say(f"  MLflow: {tracking_uri}  experiment {study.name!r}, parent run "
             f"{tracker.parent_run_name} ({tracker.parent_run_id})"
             + (" (continued)" if tracker.reused_parent else ""))
         say(f"  Ray results: {storage}/{experiment_name}")
-        return _execute(options, study, tracker, work, storage, experiment_name, out, say,
+        return _execute(options, study, tracker, plan, storage, experiment_name, out, say,
                         started)
 
 
-def _execute(options, study, tracker, work, storage, experiment_name, out, say,
+def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
              started) -> int:
     from orchestrator.progress import ProgressDisplay
     from orchestrator.tune_callbacks import MlflowTrialLogger
     from orchestrator.tune_runner import TuneJob, run_tune
 
-    logger = MlflowTrialLogger(tracker, storage, metric=work.metric)
+    logger = MlflowTrialLogger(tracker, storage, metric=plan.metric)
     callbacks = [logger]
     if not options.quiet:
-        callbacks.append(ProgressDisplay(work.num_samples, work.epochs_per_trial, work.metric,
-                                         work.mode, stream=out,
-                                         already_done=work.already_done,
-                                         epoch_cost=work.epoch_cost))
-    job = TuneJob(experiment_name=experiment_name, storage_path=storage, cpu=work.cpu,
-                  gpu=work.gpu, searcher=work.searcher, num_samples=work.num_samples,
-                  scheduler=work.scheduler, max_failures=options.max_failures)
+        callbacks.append(ProgressDisplay(plan.num_samples, plan.epochs_per_trial, plan.metric,
+                                         plan.mode, stream=out,
+                                         already_done=plan.already_done,
+                                         epoch_cost=plan.epoch_cost))
+    job = TuneJob(experiment_name=experiment_name, storage_path=storage, cpu=plan.cpu,
+                  gpu=plan.gpu, searcher=plan.searcher, num_samples=plan.num_samples,
+                  scheduler=plan.scheduler, max_failures=options.max_failures)
     try:
         with sigterm_as_interrupt():
             run_tune(job, callbacks)
     except KeyboardInterrupt:
         _close_interrupted(tracker, logger)
-        tracker.end_study("interrupted", _summary_tags(logger, work.mode))
+        tracker.end_study(INTERRUPTED, _summary_tags(logger, plan.mode))
         print(f"\nresweep run: interrupted; {_count(logger, 'done')} trials finished in this "
               "run are recorded, unfinished ones continue from their last checkpoint.\n"
               f"  resume with: {options.command_line()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException:
         _close_interrupted(tracker, logger)
-        tracker.end_study("failed", _summary_tags(logger, work.mode))
+        tracker.end_study(FAILED, _summary_tags(logger, plan.mode))
         raise
     # Trials Tune never finished (e.g. the searcher ran out of proposals mid-trial).
     _close_interrupted(tracker, logger)
-    failed = [o for o in logger.outcomes.values() if o.status == "failed"]
-    tracker.end_study("failed" if failed else "finished", _summary_tags(logger, work.mode))
-    _print_summary(study, tracker, work, logger, time.monotonic() - started, out)
+    failed = [o for o in logger.outcomes.values() if o.status == FAILED]
+    tracker.end_study(FAILED if failed else FINISHED, _summary_tags(logger, plan.mode))
+    _print_summary(study, tracker, plan, logger, time.monotonic() - started, out)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -304,7 +289,7 @@ def _close_interrupted(tracker, logger) -> None:
     for tune_id, run_id in logger.runs.items():
         if tune_id not in logger.outcomes:
             with contextlib.suppress(Exception):
-                tracker.end_trial(run_id, "interrupted")
+                tracker.end_trial(run_id, INTERRUPTED)
 
 
 def _count(logger, which: str) -> int:
@@ -316,7 +301,7 @@ def _count(logger, which: str) -> int:
 
 def _best(logger, mode: str):
     scored = [o for o in logger.outcomes.values()
-              if o.value is not None and o.status in ("finished", "stopped")]
+              if o.value is not None and o.status in (FINISHED, STOPPED)]
     if not scored:
         return None
     return (min if mode == "min" else max)(scored, key=lambda o: o.value)
@@ -324,30 +309,29 @@ def _best(logger, mode: str):
 
 def _summary_tags(logger, mode: str) -> dict[str, str]:
     """The parent run's outcome tags (counts, best trial), as MLflow's sweep example."""
-    tags = {f"resweep.trials.{s}": str(_count(logger, s))
-            for s in ("finished", "diverged", "stopped", "failed")}
+    tags = {trials_tag(s): str(_count(logger, s)) for s in END_STATUSES}
     best = _best(logger, mode)
     if best is not None:
-        tags.update({"resweep.best_run_id": best.run_id or "", "resweep.best_trial": best.name,
-                     f"resweep.best_{logger.metric}": f"{best.value:.6g}"})
+        tags.update({Tag.BEST_RUN_ID: best.run_id or "", Tag.BEST_TRIAL: best.name,
+                     best_metric_tag(logger.metric): f"{best.value:.6g}"})
     return tags
 
 
-def _print_summary(study, tracker, work, logger, seconds: float, out) -> None:
-    from orchestrator.progress import format_duration
+def _print_summary(study, tracker, plan, logger, seconds: float, out) -> None:
+    from search_spaces.plan import format_duration
 
-    counts = {s: _count(logger, s) for s in ("finished", "diverged", "stopped", "failed")}
+    counts = {s: _count(logger, s) for s in END_STATUSES}
     text = ", ".join(f"{n} {s}" for s, n in counts.items())
     print(f"resweep run: study {study.name!r}: {text}"
-          + (f" (+{work.already_done} done earlier)" if work.already_done else "")
+          + (f" (+{plan.already_done} done earlier)" if plan.already_done else "")
           + f" in {format_duration(seconds)}", file=out)
-    best = _best(logger, work.mode)
+    best = _best(logger, plan.mode)
     if best is not None:
-        print(f"  best {work.metric}: {best.value:.4f}  {best.name}  (run {best.run_id})",
+        print(f"  best {plan.metric}: {best.value:.4f}  {best.name}  (run {best.run_id})",
               file=out)
     print(f"  MLflow: {tracker.tracking_uri}  experiment {study.name!r}, parent run "
           f"{tracker.parent_run_name}", file=out)
-    failed = [o for o in logger.outcomes.values() if o.status == "failed"]
+    failed = [o for o in logger.outcomes.values() if o.status == FAILED]
     if failed:
         print(f"  {len(failed)} failed trial(s) (rerun the same command to retry them):",
               file=out)

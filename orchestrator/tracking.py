@@ -1,19 +1,18 @@
 """MLflow bookkeeping of a study: experiment, one parent run per `resweep run`, one child
 run per trial, batched metric logging, and which trials are already done.
 
-Conventions (README "MLflow conventions"; `analysis` reads them back):
-- experiment = study name, tagged mlflow.experimentKind=custom_model_development;
-- parent run "<study>-<YYYYmmdd-HHMMSS>": tags resweep.kind=study, resweep.study,
-  resweep.study_hash, resweep.git_commit, resweep.version; artifact study.yaml;
-- child run per trial, named after it, nested (mlflow.parentRunId): tags resweep.kind=trial,
-  resweep.trial_id, resweep.name, resweep.seed, resweep.status; params = the flattened
-  TrialConfig; metrics step = epoch; artifacts trial.json and probes.json.
+The store's layout (tag, artifact and status names; README "MLflow conventions") is
+`analysis.store`, which `analysis` reads back with: experiment = study name; parent run
+"<study>-<YYYYmmdd-HHMMSS>" (Tag.KIND = study, artifact study.yaml); one nested child run
+per trial, named after it (Tag.KIND = trial; params = the flattened TrialConfig; metrics
+step = epoch; artifacts trial.json and probes.json).
 
 Only the driver writes (one process, so a SQLite store has a single writer); every
 per-epoch result is one `log_batch` request.
 
 Reruns (a killed driver, `--resume`, an extended study) follow these rules:
-- a trial whose trial_id has a child run with resweep.status in DONE_STATUSES is skipped;
+- a trial whose trial_id has a child run with resweep.status in DONE_STATUSES
+  (`workers.results`) is skipped;
 - a trial whose latest child run was interrupted (left RUNNING by a killed driver, or
   KILLED by Ctrl-C) and whose last checkpoint still exists is *continued in that run*: it
   resumes from the checkpoint, logs only the epochs after it and moves under the current
@@ -36,30 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# default_tracking_uri is imported from here by orchestrator.commands.run; like the tag
+# names and the paging, it lives in analysis.store, the layout both writer and readers use.
+from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, Artifact, Kind, Tag,  # noqa: F401
+                            default_tracking_uri, kind_filter, search_all_runs, sqlite_path)
 from models.config import ConfigError
 from workers.config import TrialConfig
+from workers.results import DONE_STATUSES, INTERRUPTED, RUNNING
 
-DONE_STATUSES = ("finished", "diverged", "stopped")
-# resweep.status -> MLflow run status (contract).
-MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
-                 "failed": "FAILED", "interrupted": "KILLED"}
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
-PARENT_TAG = "mlflow.parentRunId"
 # MLflow's limits per log_batch request (1000 metrics, 100 params, 100 tags).
 MAX_PARAMS_PER_BATCH = 100
-
-
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI, else an SQLite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///PATH` URI, else None."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -118,9 +103,9 @@ class ChildRun:
     run_id: str
     status: str              # resweep.status
     mlflow_status: str       # RUNNING, FINISHED, FAILED, KILLED
-    checkpoint: str | None   # resweep.checkpoint: the last checkpoint logged with its epoch
-    last_epoch: int          # resweep.last_epoch: the last epoch whose metrics are logged
-    search_params: dict | None = None      # resweep.search_params: Optuna's proposal
+    checkpoint: str | None   # Tag.CHECKPOINT: the last checkpoint logged with its epoch
+    last_epoch: int          # Tag.LAST_EPOCH: the last epoch whose metrics are logged
+    search_params: dict | None = None      # Tag.SEARCH_PARAMS: Optuna's proposal
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
 
 
@@ -152,15 +137,15 @@ class StudyTracker:
                 artifact_location = (db.parent.resolve() / "mlartifacts").as_uri()
             experiment_id = client.create_experiment(
                 study_name, artifact_location=artifact_location,
-                tags=dict([EXPERIMENT_KIND_TAG]))
+                tags=dict([EXPERIMENT_KIND]))
         elif experiment.lifecycle_stage != "active":
             raise ConfigError(
                 f"study name {study_name!r}: its MLflow experiment is deleted in "
                 f"{tracking_uri}; restore it (`mlflow experiments restore`) or rename the study")
         else:
             experiment_id = experiment.experiment_id
-            if experiment.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
-                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
+            if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
         tracker = cls(client, tracking_uri, experiment_id)
         tracker.earlier = tracker._earlier_children()
         return tracker
@@ -170,56 +155,51 @@ class StudyTracker:
         """The parent run: the previous one if it did not finish and ran the same study
         (study_hash covers the file and the --set overrides), else a new one (an earlier
         parent left RUNNING by a killed driver is closed)."""
-        from mlflow.entities import ViewType
-
-        parents = _search(self.client, self.experiment_id, "tags.`resweep.kind` = 'study'",
-                          ViewType.ACTIVE_ONLY, order_by=["attributes.start_time DESC"])
+        parents = search_all_runs(self.client, self.experiment_id, kind_filter(Kind.STUDY),
+                                  order_by=["attributes.start_time DESC"])
         latest = parents[0] if parents else None
         if (latest is not None and latest.info.status in ("RUNNING", "KILLED")
-                and latest.data.tags.get("resweep.study_hash") == study_hash):
+                and latest.data.tags.get(Tag.STUDY_HASH) == study_hash):
             self.parent_run_id, self.parent_run_name = latest.info.run_id, latest.info.run_name
             self.reused_parent = True
             self.client.update_run(self.parent_run_id, status="RUNNING")
-            self.client.set_tag(self.parent_run_id, "resweep.status", "running")
+            self.client.set_tag(self.parent_run_id, Tag.STATUS, RUNNING)
             return
         if latest is not None and latest.info.status == "RUNNING":
             # A driver that was killed: its run can never finish now.
-            self.client.set_tag(latest.info.run_id, "resweep.status", "interrupted")
-            self.client.set_terminated(latest.info.run_id, status="KILLED")
+            self.client.set_tag(latest.info.run_id, Tag.STATUS, INTERRUPTED)
+            self.client.set_terminated(latest.info.run_id, status=MLFLOW_STATUS[INTERRUPTED])
         self.parent_run_name = f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {"resweep.kind": "study", "resweep.study": study_name,
-                "resweep.study_hash": study_hash,
-                "resweep.git_commit": git_commit(), "resweep.version": version,
-                "resweep.status": "running", **(extra_tags or {})}
+        tags = {Tag.KIND: Kind.STUDY, Tag.STUDY: study_name, Tag.STUDY_HASH: study_hash,
+                Tag.GIT_COMMIT: git_commit(), Tag.VERSION: version, Tag.STATUS: RUNNING,
+                **(extra_tags or {})}
         self.parent_run_id = self.client.create_run(
             self.experiment_id, run_name=self.parent_run_name, tags=tags).info.run_id
-        self.client.log_text(self.parent_run_id, study_text, "study.yaml")
+        self.client.log_text(self.parent_run_id, study_text, Artifact.STUDY)
 
     def _earlier_children(self) -> dict[str, ChildRun]:
-        from mlflow.entities import ViewType
-
-        runs = _search(self.client, self.experiment_id, "tags.`resweep.kind` = 'trial'",
-                       ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
+        runs = search_all_runs(self.client, self.experiment_id, kind_filter(Kind.TRIAL),
+                               order_by=["attributes.start_time ASC"])
         earlier: dict[str, ChildRun] = {}
         for run in runs:  # oldest first: a done run wins, else the newest one
             tags = run.data.tags
-            trial_id = tags.get("resweep.trial_id")
+            trial_id = tags.get(Tag.TRIAL_ID)
             if not trial_id:
                 continue
             known = earlier.get(trial_id)
             if known is not None and known.status in DONE_STATUSES:
                 continue
-            search_params = tags.get("resweep.search_params")
+            search_params = tags.get(Tag.SEARCH_PARAMS)
             earlier[trial_id] = ChildRun(
-                run.info.run_id, tags.get("resweep.status", "running"), run.info.status,
-                tags.get("resweep.checkpoint"), int(tags.get("resweep.last_epoch", "0")),
+                run.info.run_id, tags.get(Tag.STATUS, RUNNING), run.info.status,
+                tags.get(Tag.CHECKPOINT), int(tags.get(Tag.LAST_EPOCH, "0")),
                 json.loads(search_params) if search_params else None, dict(run.data.metrics))
         return earlier
 
     def ran_before(self) -> bool:
         """Whether any earlier `resweep run` of the study left a run here."""
         return bool(self.earlier) or bool(self.client.search_runs(
-            [self.experiment_id], "tags.`resweep.kind` = 'study'", max_results=1))
+            [self.experiment_id], kind_filter(Kind.STUDY), max_results=1))
 
     def done_trial_ids(self) -> set[str]:
         return {tid for tid, run in self.earlier.items() if run.status in DONE_STATUSES}
@@ -229,7 +209,7 @@ class StudyTracker:
         """The interrupted run this trial continues in: one with a checkpoint that still
         exists (resume from it), or one that logged no epoch yet (start it afresh)."""
         run = self.earlier.get(trial_id)
-        if run is None or run.status not in ("running", "interrupted"):
+        if run is None or run.status not in (RUNNING, INTERRUPTED):
             return None
         if run.last_epoch == 0:
             return run
@@ -245,10 +225,9 @@ class StudyTracker:
         closes any open earlier run and creates a new one with params and trial.json."""
         from mlflow.entities import Param, RunTag
 
-        tags = {"resweep.kind": "trial", "resweep.trial_id": trial.trial_id,
-                "resweep.name": trial.name, "resweep.seed": str(trial.seed),
-                "resweep.study": trial.study, "resweep.status": "running",
-                PARENT_TAG: self.parent_run_id, **(extra_tags or {})}
+        tags = {Tag.KIND: Kind.TRIAL, Tag.TRIAL_ID: trial.trial_id, Tag.NAME: trial.name,
+                Tag.SEED: str(trial.seed), Tag.STUDY: trial.study, Tag.STATUS: RUNNING,
+                Tag.PARENT_RUN_ID: self.parent_run_id, **(extra_tags or {})}
         earlier = self.resumable(trial.trial_id)
         if earlier is not None:
             self.client.update_run(earlier.run_id, status="RUNNING")
@@ -258,14 +237,14 @@ class StudyTracker:
 
         stale = self.earlier.pop(trial.trial_id, None)
         if stale is not None and stale.mlflow_status == "RUNNING":
-            self.client.set_tag(stale.run_id, "resweep.status", "interrupted")
-            self.client.set_terminated(stale.run_id, status="KILLED")
+            self.client.set_tag(stale.run_id, Tag.STATUS, INTERRUPTED)
+            self.client.set_terminated(stale.run_id, status=MLFLOW_STATUS[INTERRUPTED])
         run_id = self.client.create_run(self.experiment_id, run_name=trial.name,
                                         tags=tags).info.run_id
         params = [Param(k, v) for k, v in trial_params(trial).items()]
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
-        self.client.log_dict(run_id, trial.to_dict(), "trial.json")
+        self.client.log_dict(run_id, trial.to_dict(), Artifact.TRIAL)
         return run_id, 0
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int,
@@ -284,10 +263,10 @@ class StudyTracker:
         from mlflow.entities import RunTag
 
         if probes:
-            self.client.log_dict(run_id, probes, "probes.json")
+            self.client.log_dict(run_id, probes, Artifact.PROBES)
         if error:
-            self.client.log_text(run_id, error, "error.txt")
-        all_tags = {"resweep.status": status, **(tags or {})}
+            self.client.log_text(run_id, error, Artifact.ERROR)
+        all_tags = {Tag.STATUS: status, **(tags or {})}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
 
@@ -296,7 +275,7 @@ class StudyTracker:
         """Close the parent run: finished (FINISHED), failed (FAILED), interrupted (KILLED)."""
         from mlflow.entities import RunTag
 
-        all_tags = {"resweep.status": status, **tags}
+        all_tags = {Tag.STATUS: status, **tags}
         self.client.log_batch(self.parent_run_id,
                               tags=[RunTag(k, v) for k, v in all_tags.items()])
         self.client.set_terminated(self.parent_run_id, status=MLFLOW_STATUS[status])
@@ -315,15 +294,3 @@ def checkpoint_exists(path: str) -> bool:
     except OSError:
         return False
 
-
-def _search(client, experiment_id: str, filter_string: str, view_type,
-            order_by: list[str] | None = None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  run_view_type=view_type, max_results=1000,
-                                  order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs

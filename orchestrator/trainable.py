@@ -1,11 +1,13 @@
-"""The function trainable: one trial inside a Ray worker process.
+"""The function trainable: one trial inside a Ray worker process, and the Tune config
+envelope it receives.
 
-Tune calls `run_trial(config)` with config = {"trial": TrialConfig.to_dict(),
-"resume_from": checkpoint path or URI (optional), "search_params": {...} (search only)}.
-It rebuilds the TrialConfig, restores the newest checkpoint (Tune's own after a worker
-died, else `resume_from` left by an interrupted earlier `resweep run`), and runs
-`workers.train_trial` with a report adapter that hands each epoch to Tune with its
-checkpoint. Nothing here talks to MLflow: the driver logs what Tune receives.
+Tune calls `run_trial(config)` with the envelope `trial_envelope` builds (the searchers
+of `orchestrator.search` hand it out; the Tune callbacks read it back):
+{TRIAL: TrialConfig.to_dict(), SEARCH_PARAMS: {...} (search only), RESUME_FROM:
+checkpoint path or URI (optional)}. It rebuilds the TrialConfig, restores the newest
+checkpoint (Tune's own after a worker died, else the one an interrupted earlier `resweep
+run` left), and runs `workers.train_trial` with a report adapter that hands each epoch to
+Tune with its checkpoint. Nothing here talks to MLflow: the driver logs what Tune receives.
 """
 
 from __future__ import annotations
@@ -15,8 +17,35 @@ import os
 import shutil
 import tempfile
 import traceback
+from typing import Any
 
 from workers.config import TrialConfig
+
+# The keys of a Tune trial's config.
+TRIAL = "trial"                  # the TrialConfig as a dict
+SEARCH_PARAMS = "search_params"  # the searcher's flat proposal {key: value} (search only)
+RESUME_FROM = "resume_from"      # checkpoint of an interrupted earlier run to continue
+
+
+def trial_envelope(trial: TrialConfig, *, search_params: dict[str, Any] | None = None,
+                   resume_from: str | None = None) -> dict[str, Any]:
+    """The config Tune hands `run_trial` for this trial."""
+    config: dict[str, Any] = {TRIAL: trial.to_dict()}
+    if search_params is not None:
+        config[SEARCH_PARAMS] = search_params
+    if resume_from:
+        config[RESUME_FROM] = resume_from
+    return config
+
+
+def envelope_trial(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig an envelope carries."""
+    return TrialConfig.from_dict(config[TRIAL])
+
+
+def envelope_name(config: dict[str, Any]) -> str:
+    """The trial's name, without rebuilding its TrialConfig."""
+    return config[TRIAL]["name"]
 
 
 class TrialError(RuntimeError):
@@ -65,13 +94,14 @@ def run_trial(config: dict) -> None:
 
     from workers import train_trial
 
-    trial = TrialConfig.from_dict(config["trial"])
+    trial = envelope_trial(config)
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     trial = resolve_threads(trial, cpus)
     checkpoint_dir = tempfile.mkdtemp(prefix=f"resweep-{trial.trial_id}-")
     try:
-        restore_checkpoint(checkpoint_dir, config.get("resume_from"))
-        result = train_trial(trial, make_report(checkpoint_dir), checkpoint_dir=checkpoint_dir)
+        restore_checkpoint(checkpoint_dir, config.get(RESUME_FROM))
+        # A trial ends finished or diverged; any other failure raises (handled below).
+        train_trial(trial, make_report(checkpoint_dir), checkpoint_dir=checkpoint_dir)
     except Exception as err:  # noqa: BLE001 - every failure must reach the driver intact
         # Ray copies and pickles the exception on its way to the driver; one with a custom
         # __init__ breaks that and the error text is lost. A RuntimeError carrying the
@@ -80,8 +110,3 @@ def run_trial(config: dict) -> None:
                          f"{traceback.format_exc()}{type(err).__name__}: {err}") from None
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if getattr(result, "status", "finished") not in ("finished", "diverged"):
-        # The worker caught an error and returned it: make it a Tune failure so the trial
-        # is retried from its checkpoint, then recorded as failed.
-        raise TrialError(f"trial {trial.name} ({trial.trial_id}) failed: "
-                         f"{getattr(result, 'error', None) or result.status}")

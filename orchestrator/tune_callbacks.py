@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from analysis.store import Tag
 from orchestrator.tracking import StudyTracker
+from orchestrator.trainable import SEARCH_PARAMS, envelope_trial
 from workers.config import TrialConfig
+from workers.results import (DIVERGED, EPOCH, FAILED, NON_METRIC_KEYS, PROBES, STATUS,
+                             STOPPED, WORKER_STATUSES)
 
-# Keys Tune adds to every result; the rest of a result is what the worker reported.
+# Keys Tune adds to every result; the rest of a result is what the worker reported
+# (`workers.results`).
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {
     "done", "trial_id", "should_checkpoint", "experiment_tag", "timesteps_total",
     "episodes_total", "training_iteration", "time_this_iter_s", "time_total_s"}
-# Worker keys that are not per-epoch scalars: handled on their own.
-NON_METRIC_KEYS = {"status", "probes"}
 
 
 @dataclass
@@ -35,22 +38,27 @@ class Outcome:
 
     name: str
     trial_id: str
-    status: str                 # finished | diverged | stopped | failed
+    status: str                 # one of workers.results.END_STATUSES
     run_id: str | None
     value: float | None = None  # the study metric in the trial's last result
     error: str | None = None
 
 
 def trial_config_of(trial) -> TrialConfig:
-    """The TrialConfig a Tune trial runs (its config carries it as a dict)."""
-    return TrialConfig.from_dict(trial.config["trial"])
+    """The TrialConfig a Tune trial runs (its config is the trainable's envelope)."""
+    return envelope_trial(trial.config)
 
 
 def end_status(last_result: dict) -> str:
     """finished/diverged from the worker's last report; no final status means a scheduler
     stopped the trial early."""
-    status = last_result.get("status")
-    return status if status in ("finished", "diverged") else "stopped"
+    status = last_result.get(STATUS)
+    return status if status in WORKER_STATUSES else STOPPED
+
+
+def result_epoch(result: dict) -> int:
+    """The epoch a result reports (Tune's iteration count where a worker gave none)."""
+    return int(result.get(EPOCH, result.get("training_iteration", 0)))
 
 
 def scalar_metrics(result: dict) -> dict[str, float]:
@@ -89,9 +97,9 @@ class MlflowTrialLogger(Callback):
         if trial.trial_id in self.runs:  # a restart after a worker died: same run
             return
         config = trial_config_of(trial)
-        tags = {"resweep.tune_trial": trial.trial_id}
-        if "search_params" in trial.config:
-            tags["resweep.search_params"] = _json(trial.config["search_params"])
+        tags = {Tag.TUNE_TRIAL: trial.trial_id}
+        if SEARCH_PARAMS in trial.config:
+            tags[Tag.SEARCH_PARAMS] = _json(trial.config[SEARCH_PARAMS])
         run_id, last_epoch = self.tracker.start_trial(config, tags)
         self.runs[trial.trial_id] = run_id
         self.last_epoch[trial.trial_id] = last_epoch
@@ -101,19 +109,18 @@ class MlflowTrialLogger(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        epoch = result_epoch(result)
         if epoch <= self.last_epoch[trial.trial_id]:
             self.dropped[trial.trial_id] += 1
             return
-        tags = {"resweep.last_epoch": str(epoch)}
+        tags = {Tag.LAST_EPOCH: str(epoch)}
         worker = (result.get("hostname"), result.get("pid"))
         if worker != self.workers.get(trial.trial_id):  # where the trial runs (changes
             self.workers[trial.trial_id] = worker       # when a restart moved it)
-            tags.update({"resweep.worker_host": str(worker[0]),
-                         "resweep.worker_pid": str(worker[1])})
+            tags.update({Tag.WORKER_HOST: str(worker[0]), Tag.WORKER_PID: str(worker[1])})
         checkpoint_dir = result.get("checkpoint_dir_name")
         if checkpoint_dir:
-            tags["resweep.checkpoint"] = "/".join(
+            tags[Tag.CHECKPOINT] = "/".join(
                 (self.storage_root, trial.storage.experiment_dir_name,
                  trial.storage.trial_dir_name, checkpoint_dir))
         self.tracker.log_epoch(run_id, scalar_metrics(result), epoch, tags)
@@ -122,18 +129,17 @@ class MlflowTrialLogger(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
-            self.tracker.client.set_tag(run_id, "resweep.worker_failures",
-                                        str(trial.num_failures))
+            self.tracker.client.set_tag(run_id, Tag.WORKER_FAILURES, str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         status = end_status(last)
-        self._end(trial, status, probes=last.get("probes"),
+        self._end(trial, status, probes=last.get(PROBES),
                   value=metric_value(last, self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = error_text(trial) or "the trial failed (no error text recorded)"
-        self._end(trial, "failed", error=str(error),
+        self._end(trial, FAILED, error=str(error),
                   value=metric_value(trial.last_result or {}, self.metric))
 
     # helpers ------------------------------------------------------------------------
@@ -141,12 +147,12 @@ class MlflowTrialLogger(Callback):
         run_id = self.runs.get(trial.trial_id)
         config = trial_config_of(trial)
         if run_id is not None:
-            tags = {"resweep.worker_failures": str(trial.num_failures),
-                    "resweep.duplicate_results": str(self.dropped[trial.trial_id])}
-            if status == "diverged":
-                tags["resweep.diverged_epoch"] = str(self.last_epoch[trial.trial_id])
+            tags = {Tag.WORKER_FAILURES: str(trial.num_failures),
+                    Tag.DUPLICATE_RESULTS: str(self.dropped[trial.trial_id])}
+            if status == DIVERGED:
+                tags[Tag.DIVERGED_EPOCH] = str(self.last_epoch[trial.trial_id])
             if error:
-                tags["resweep.error"] = _last_line(error)[:500]
+                tags[Tag.ERROR] = _last_line(error)[:500]
             self.tracker.end_trial(run_id, status, probes=probes, tags=tags, error=error)
         self.outcomes[trial.trial_id] = Outcome(config.name, config.trial_id, status, run_id,
                                                 value, _last_line(error) if error else None)

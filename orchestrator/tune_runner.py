@@ -20,6 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from orchestrator.trainable import envelope_name
+
 DEFAULT_MAX_FAILURES = 2
 
 
@@ -39,7 +41,7 @@ class TuneJob:
 
 
 def _dirname(trial) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", trial.config["trial"]["name"])[:80]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", envelope_name(trial.config))[:80]
     return f"{name}_{trial.trial_id}"
 
 
@@ -68,7 +70,7 @@ def build_tuner(job: TuneJob, callbacks: list):
     tune_config = tune.TuneConfig(
         search_alg=job.searcher, scheduler=job.scheduler, num_samples=job.num_samples,
         reuse_actors=job.reuse_actors,
-        trial_name_creator=lambda trial: trial.config["trial"]["name"],
+        trial_name_creator=lambda trial: envelope_name(trial.config),
         trial_dirname_creator=_dirname)
     run_config = tune.RunConfig(
         name=job.experiment_name, storage_path=job.storage_path, callbacks=callbacks,

@@ -236,3 +236,17 @@ def wall_seconds(durations: list[float], slots: int) -> float:
         start = heapq.heappop(free)
         heapq.heappush(free, start + d)
     return max(free)
+
+
+# Any throughput gives `estimate`'s image counts; trial_macs uses only those.
+_UNIT_RATE = Calibration(device="none", threads=0, macs_per_s=1.0, images_per_s=1.0,
+                         measured="none")
+
+
+def trial_macs(trial: TrialConfig, macs: int) -> float:
+    """Multiply-accumulates `trial` computes in all: 3 x `macs` (its forward MACs per
+    image) per trained image + `macs` per evaluated image, the work `estimate` divides by
+    a throughput. Needs no calibration, so `resweep run` orders its trials longest first
+    and weights its ETA by it without measuring anything."""
+    cost = estimate(trial, macs, _UNIT_RATE)
+    return (_TRAIN_FACTOR * cost.train_images + cost.eval_images) * macs

@@ -5,6 +5,9 @@ ablation studies list their expanded trials; a search study lists `num_samples` 
 proposals drawn from its space (a stand-in for what the sampler will propose; with a
 scheduler many stop early, so the total is an upper bound). Times come from
 `search_spaces.cost`.
+
+`resweep run` asks here too: the order of its trials (`longest_first`, by `trial_work`),
+the epochs of a study's trials (`study_epochs`), and `format_duration` for its lines.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import os
 import random
 from typing import Any
 
+from models.config import ConfigError
 from search_spaces.cost import (Calibration, calibrate, estimate, gpu_calibration,
-                                wall_seconds)
+                                trial_macs, wall_seconds)
 from search_spaces.expand import format_value
 from search_spaces.search import InfeasibleParams, search_space, trial_from_params
 from search_spaces.study import Study, expand_study
@@ -86,6 +90,38 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
     if study.search is not None:
         plan["search"] = {**study.search.model_dump(), "space": search_space(study)}
     return plan
+
+
+def trial_work(study: Study, trial: TrialConfig) -> float:
+    """The trial's work in multiply-accumulates (`search_spaces.cost.trial_macs`); 0 when
+    its network cannot be counted."""
+    try:
+        macs = study.model_stats(trial.model).macs
+    except ConfigError:
+        return 0.0
+    return trial_macs(trial, macs)
+
+
+def longest_first(study: Study, trials: list[TrialConfig]) -> list[TrialConfig]:
+    """Trials in order of decreasing work, so the long ones do not start last and leave
+    the other slots idle at the end (the study's own order is kept among equals)."""
+    return sorted(trials, key=lambda trial: trial_work(study, trial), reverse=True)
+
+
+def study_epochs(study: Study) -> int | None:
+    """Epochs a trial of the study trains for (a scheduler's horizon, the progress ETA);
+    None when its trials run a number of iterations. Grid and ablation: the first trial's;
+    search: the study's `train` resolved with its recipe (the space may vary it further)."""
+    if study.design != "search":
+        trials = expand_study(study)
+        return trials[0].train.epochs if trials else None
+    from workers.recipes import resolve_recipe
+
+    train = study.spec.train
+    length = {key: value for key, value in (("epochs", train.epochs),
+                                            ("iterations", train.iterations))
+              if value is not None}
+    return resolve_recipe(train.recipe, length).epochs
 
 
 def _gpu_packing(trials: list[TrialConfig], device_bytes: int | None):
@@ -186,11 +222,14 @@ def draw(distribution: dict[str, Any], rng: random.Random):
 
 
 def format_duration(seconds: float) -> str:
-    """3725 -> '1:02:05'; 95 -> '1:35'."""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    """A duration for people (plans, progress lines, summaries): 3725 -> '1h02m';
+    95 -> '1m35s'; 7 -> '7s' (whole seconds, rounded down; negative counts as 0)."""
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def format_count(n: float) -> str:

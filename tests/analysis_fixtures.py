@@ -25,12 +25,10 @@ from typing import Callable
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from analysis.store import MLFLOW_STATUS
 from models.config import ModelConfig
 from orchestrator.tracking import trial_params
 from workers.config import DataConfig, TrainConfig, TrialConfig
-
-MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED",
-                 "failed": "FAILED", "interrupted": "KILLED"}
 
 
 _TEMPLATE_DB: Path | None = None

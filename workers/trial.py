@@ -5,7 +5,8 @@ The loop, per epoch: shuffled augmented batches from `workers.data`, the lr from
 batch (`workers.engine`), then validation (every epoch, when there is a validation split)
 and test (every `train.eval_every` epochs and after the last), a checkpoint, and one
 `report(metrics, checkpoint_path)` call. After the last epoch: the model probes, the
-parameter and MAC counts, and the status.
+parameter and MAC counts, and the status. The keys and statuses reported are the
+contract in `workers.results`.
 
 Metrics stay on the device during an epoch (loss and wrong-prediction sums); the host
 reads them once per epoch, plus once every `DIVERGENCE_CHECK_EVERY` steps to stop a
@@ -43,6 +44,8 @@ from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpo
 from workers.config import TrialConfig
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
+from workers.results import (DIVERGED, EPOCH, FINISHED, ITERATION, MACS, PARAMS, PROBES,
+                             STATUS, ordered)
 from workers.schedule import ErrorWarmup, lr_at
 from workers.validate import data_config_problems, train_config_problems
 
@@ -216,14 +219,14 @@ class _Trial:
         p = self.progress
         clock = time.perf_counter()
         elapsed_before = p.elapsed_s
-        status, error = "finished", None
+        status, error = FINISHED, None
         while p.epoch < self.total_epochs:
             metrics = self._train_epoch()
             finite = metrics.pop("_finite")
             p.epoch += 1
-            metrics["epoch"] = p.epoch
+            metrics[EPOCH] = p.epoch
             if not finite:
-                status = "diverged"
+                status = DIVERGED
                 error = f"non-finite training loss in epoch {p.epoch} (by iteration {p.iteration})"
             else:
                 if self.data.counts["val"]:
@@ -232,7 +235,7 @@ class _Trial:
                     metrics["test_loss"], metrics["test_error"] = self._evaluate("test")
             p.elapsed_s = elapsed_before + time.perf_counter() - clock
             metrics["elapsed_s"] = p.elapsed_s
-            metrics = _ordered(metrics)
+            metrics = ordered(metrics)
             p.history.append(metrics)
             checkpoint = None
             if finite and self.checkpoint_path is not None:
@@ -246,22 +249,13 @@ class _Trial:
         return self._finish(status, error, checkpoint)
 
     def _finish(self, status: str, error: str | None, checkpoint: str | None) -> TrialResult:
-        probes = self._probes(diverged=status == "diverged")
+        probes = self._probes(diverged=status == DIVERGED)
         params, macs = count_params(self.model), count_macs(self.config.model)
-        last = self.progress.history[-1] if self.progress.history else {"epoch": 0, "iteration": 0}
-        final = {**last, "status": status, "params": params, "macs": macs, "probes": probes}
+        last = self.progress.history[-1] if self.progress.history else {EPOCH: 0, ITERATION: 0}
+        final = {**last, STATUS: status, PARAMS: params, MACS: macs, PROBES: probes}
         self.report(final, checkpoint)
         return TrialResult(status=status, history=list(self.progress.history), final=final,
                            probes=probes, params=params, macs=macs, error=error)
-
-
-_KEY_ORDER = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_loss", "val_error",
-              "test_loss", "test_error", "images_per_s", "elapsed_s")
-
-
-def _ordered(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The contract's key order (readable JSON and logs)."""
-    return {key: metrics[key] for key in _KEY_ORDER if key in metrics}
 
 
 def train_trial(config: TrialConfig, report: Report | None = None,
