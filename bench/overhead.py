@@ -75,9 +75,11 @@ def trial_names(study: Path) -> list[str]:
 def trial_seconds(uri: str) -> list[float]:
     from mlflow.tracking import MlflowClient
 
+    from analysis.store import Kind, kind_filter
+
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("overhead-bench")
-    runs = client.search_runs([experiment.experiment_id], "tags.`resweep.kind` = 'trial'")
+    runs = client.search_runs([experiment.experiment_id], kind_filter(Kind.TRIAL))
     return sorted(round(r.data.metrics["elapsed_s"], 2) for r in runs)
 
 

@@ -3,6 +3,7 @@
 Public API::
 
     build_model(cfg) -> nn.Module        validate_model_config(cfg)
+    model_stats(cfg) -> ModelStats       (params and MACs, cached per distinct config)
     count_params(model) -> int           count_macs(cfg) -> int
     layer_responses(model, inputs)       gradient_norms(model, inputs, targets)
     load_torchvision_state_dict(model, sd)
@@ -16,7 +17,8 @@ import importlib
 
 _EXPORTS = {
     "build_model": "models.build", "count_params": "models.build",
-    "count_macs": "models.complexity", "ModelConfig": "models.config",
+    "count_macs": "models.complexity", "model_stats": "models.complexity",
+    "ModelStats": "models.complexity", "ModelConfig": "models.config",
     "ConfigError": "models.config", "gradient_norms": "models.probes",
     "layer_responses": "models.probes",
     "load_torchvision_state_dict": "models.torchvision_compat",

@@ -164,7 +164,7 @@ def invalid_fields(config: Any) -> set[str]:
 
 FAMILIES = ("cifar", "imagenet", "mlp")
 BLOCKS = tuple(BLOCK_SHAPES)  # ("basic", "bottleneck")
-SHORTCUTS = ("A", "B", "C")
+SHORTCUTS = ("A", "B", "C")  # models/shortcuts.py registers exactly these (a test checks)
 
 
 @dataclass(frozen=True)

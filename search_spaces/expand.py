@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from models.complexity import ModelStats, model_stats  # also imported from here (study, search)
+from models.complexity import ModelStats, model_stats
 from models.config import ConfigError, ModelConfig
 from search_spaces.loading import Problem, format_path
 from search_spaces.schema import StudySpec

@@ -25,9 +25,7 @@ from typing_extensions import Annotated
 
 from models.config import ModelConfig, Setting, settings
 from workers.config import DataConfig, Resources, TrainConfig
-
-# Metrics a trial reports per epoch that a search may optimise (see workers.train_trial).
-METRICS = ("val_error", "val_loss", "train_error", "train_loss", "test_error", "test_loss")
+from workers.results import OBJECTIVE_METRICS as METRICS  # what a search may optimise
 ALGORITHMS = ("optuna-tpe", "optuna-random")
 DESIGNS = ("grid", "ablation", "search")
 

@@ -25,10 +25,10 @@ import math
 import random
 from typing import Any
 
+from models.complexity import model_stats
 from models.config import ConfigError
 from models.validation import validate_model_config
-from search_spaces.expand import (Resolver, excluded_by, format_value, model_stats,
-                                  trial_name)
+from search_spaces.expand import Resolver, excluded_by, format_value, trial_name
 from search_spaces.loading import Problem, format_path
 from search_spaces.schema import ChoiceDistribution, IntDistribution, StudySpec
 from search_spaces.validate import ParamKey, check_value, coerce_value

@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
+from models.complexity import ModelStats, model_stats
 from models.config import ConfigError, ModelConfig
-from search_spaces.expand import Expansion, ModelStats, expand
+from search_spaces.expand import Expansion, expand
 from search_spaces.loading import Locations, Problem, StudyError, load_yaml
 from search_spaces.overrides import apply_overrides
 from search_spaces.schema import SearchSpec, StudySpec
@@ -64,8 +65,6 @@ class Study:
 
     def model_stats(self, model: ModelConfig) -> ModelStats:
         """Parameters and MACs of a network of this study (built on the meta device)."""
-        from search_spaces.expand import model_stats
-
         cache = self.expansion.stats if self.expansion else {}
         stats = model_stats(model, cache)
         if isinstance(stats, ConfigError):

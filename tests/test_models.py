@@ -298,11 +298,13 @@ def test_invalid_config_names_field_value_and_rule(fields, field, value, allowed
 
 
 def test_registries_reject_duplicates_and_list_options():
+    from models import config
     from models.blocks import BLOCKS
     from models.shortcuts import SHORTCUTS
 
-    assert BLOCKS.names() == ["basic", "bottleneck"]
-    assert SHORTCUTS.names() == ["A", "B", "C"]
+    # The registries (torch) implement exactly the names the configs accept (stdlib).
+    assert BLOCKS.names() == list(config.BLOCKS) == ["basic", "bottleneck"]
+    assert SHORTCUTS.names() == list(config.SHORTCUTS) == ["A", "B", "C"]
     with pytest.raises(ValueError, match="already registered"):
         SHORTCUTS.register("A")(lambda c_in, c_out, stride: None)
     with pytest.raises(ConfigError, match=r"model.shortcut: got 'D'; allowed: \['A'"):

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.config import ModelConfig, _known_fields, setting
+from workers.data.datasets import DATASET_FACTS
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = (*DATASET_FACTS, "synthetic")  # the synthetic set has no fixed facts
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 
