@@ -52,7 +52,7 @@ def test_port_in_use_and_unknown_study_exit_2(store, capsys):
         assert resweep(["ui", "--tracking-uri", store, "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port} is in use" in err and "Traceback" not in err
-    assert resweep(["ui", "--tracking-uri", store, "--study", "nope"]) == 2
+    assert resweep(["ui", "nope", "--tracking-uri", store]) == 2
     assert f"no experiment named 'nope'" in capsys.readouterr().err
 
 
@@ -66,7 +66,7 @@ def test_ui_serves_the_store_on_localhost(store, capsys):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
-                           store, "--port", str(port), "--study", STUDY],
+                           store, "--port", str(port), STUDY],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(ui.stdout, lines), daemon=True).start()
@@ -89,7 +89,7 @@ def test_ui_serves_the_store_on_localhost(store, capsys):
             assert response.status == 200 and "<html" in response.read().decode().lower()
         # Against a running server (http URI) the command only prints the address.
         capsys.readouterr()
-        assert resweep(["ui", "--tracking-uri", base, "--study", STUDY]) == 0
+        assert resweep(["ui", STUDY, "--tracking-uri", base]) == 0
         assert capsys.readouterr().out == f"{STUDY}: {expected}\n"
     finally:
         ui.send_signal(signal.SIGINT)
