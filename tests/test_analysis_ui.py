@@ -56,6 +56,34 @@ def test_port_in_use_and_unknown_study_exit_2(store, capsys):
     assert f"no experiment named 'nope'" in capsys.readouterr().err
 
 
+def test_ui_takes_the_study_as_report_does_a_name_or_a_file(store, tmp_path, capsys):
+    quick = open("search_spaces/degradation-quick.yaml", encoding="utf-8").read()
+    for name in (STUDY, "nope"):
+        (tmp_path / f"{name}.yaml").write_text(
+            quick.replace("name: degradation-quick", f"name: {name}"), encoding="utf-8")
+    assert resweep(["ui", str(tmp_path / "nope.yaml"), "--tracking-uri", store]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err   # the file's name
+    with socket.socket() as busy:           # the study resolves; then the port is checked
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert resweep(["ui", str(tmp_path / f"{STUDY}.yaml"), "--tracking-uri", store,
+                        "--port", port]) == 2
+    assert "is in use" in capsys.readouterr().err
+
+
+def test_report_quiet_prints_only_the_count_and_the_paths(store, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    assert resweep(["report", STUDY, "--tracking-uri", store, "--out", str(out_dir),
+                    "--no-log", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"resweep report: study '{STUDY}': 4 trials")
+    assert f"report:  {out_dir / 'report.html'}" in printed and "MLflow:  http" in printed
+    assert f"(after `resweep ui {STUDY} --tracking-uri {store}`)" in printed
+    assert "Paper claims" not in printed and "degradation onset" not in printed
+    assert (out_dir / "report.html").is_file()
+
+
 def _lines(stream, sink: queue.Queue) -> None:
     for line in stream:
         sink.put(line)
