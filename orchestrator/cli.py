@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from models.config import ConfigError
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._command.main(args) or 0)
+        status = int(args._command.main(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
     except ConfigError as err:
         for line in str(err).splitlines():
             print(f"resweep {args.command}: error: {line}", file=sys.stderr)
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resweep {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `resweep plan --json | head`: the reader left. Python's documented idiom: point
+        # stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 if __name__ == "__main__":

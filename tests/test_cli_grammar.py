@@ -149,3 +149,12 @@ def test_a_bad_option_from_the_shell_has_no_traceback():
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("resweep ui: error: argument --port: got 99999; a port number "
                            "1..65535 (see `resweep ui --help`)\n")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    # `resweep schema | head -1`: the reader is gone before the output is written
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "schema"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and err == ""

@@ -42,8 +42,8 @@ examples:
   resweep train search_spaces/degradation-quick.yaml --where depth=20 --where residual=false \\
       --set train.epochs=1 --out result.json
   resweep train search_spaces/degradation-quick.yaml --trial resnet-20-A-w0.5-s0 -q
-  resweep train --config result.json --set train.epochs=2 --checkpoint-dir runs/t1
-      # rerun with --checkpoint-dir: continues from runs/t1/checkpoint.pt
+  resweep train --config result.json --set seed=1 -q            # that trial, another seed
+  resweep train --config result.json --checkpoint-dir runs/t1   # a rerun resumes there
 """
 
 EXIT_STATUS = ("exit status: 0 finished, 1 diverged (non-finite loss), 2 invalid input or "
