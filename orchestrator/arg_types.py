@@ -1,12 +1,13 @@
 """The grammar every `resweep` command shares: argparse `type=` checkers and the options
 that mean the same in each command (`--set`, `-q/--quiet`).
 
-A bad value is an argparse usage error (exit status 2, one line) that names the option,
+A bad number is an argparse usage error (exit status 2, one line) that names the option,
 the value received and what is allowed: ``argument --port: got 0; a port number 1..65535``.
-Values of `--set` and `--where` are YAML (`56`, `0.1`, `1e-3`, `true`, `null`, `[20, 56]`,
-`A`), read by the study-file loader, so a value means the same on the command line as in
-a study file. The study loader is imported only when such an option is given: `resweep
---help` stays light.
+Values of `--set KEY=VALUE` (and train's `--where`) are YAML (`56`, `0.1`, `1e-3`, `true`,
+`null`, `[20, 56]`, `A`), read by the study-file loader, so a value means the same on the
+command line as in a study file; a malformed item is a ConfigError (exit status 2), for a
+study reported with the file's other problems. The study loader is imported only when
+such an item is read: `resweep --help` stays light.
 """
 
 from __future__ import annotations
@@ -54,32 +55,25 @@ def port(text: str) -> int:
     return value
 
 
-def yaml_value(text: str, what: str):
-    """`text` parsed as one YAML value, as a study file reads it; `what` names it in the
-    error ("--set train.lr=...")."""
+def split_key_value(text: str, option: str) -> tuple[list[str], object]:
+    """`train.epochs=2` -> (["train", "epochs"], 2): the VALUE read as YAML, as a study
+    file reads it. Raises ConfigError naming `option` ("--set") for a malformed item.
+
+    (`--set` on a study is applied by the study loader itself, which reports a bad item
+    with every other problem of the file; this is for the items a command reads itself:
+    train's `--where` and its `--set` on a `--config` trial.)"""
+    from models.config import ConfigError
     from search_spaces.yaml_loader import load_yaml
 
-    value, _, problems = load_yaml(text, what)
-    if problems:
-        reason = " ".join(problems[0].message.split())  # one line
-        raise argparse.ArgumentTypeError(f"got {text!r}; a YAML value ({reason})")
-    return value
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """`KEY=VALUE` -> (KEY, VALUE parsed as YAML); KEY is a dotted path, not checked here."""
-    key, sep, value = text.partition("=")
+    key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"got {text!r}; KEY=VALUE, e.g. depth=56")
-    return key, yaml_value(value, text)
-
-
-def override(text: str) -> str:
-    """A `--set KEY=VALUE`: checked for syntax (KEY=VALUE, a YAML value) and kept as
-    written, since the study loader applies it (and error messages quote it)."""
-    key_value(text)
-    return text
+        raise ConfigError(f"{option} {text}: got {text!r}; KEY=VALUE, e.g. depth=56")
+    value, _, problems = load_yaml(value_text, f"{option} {text}")
+    if problems:
+        reason = " ".join(problems[0].message.split())  # one line
+        raise ConfigError(f"{option} {text}: got {value_text!r}; a YAML value ({reason})")
+    return key.split("."), value
 
 
 def add_set_option(parser: argparse.ArgumentParser, target: str = "study") -> None:
@@ -88,7 +82,7 @@ def add_set_option(parser: argparse.ArgumentParser, target: str = "study") -> No
     fields = "a field of the study file" if target == "study" else \
         "a field of the study file (STUDY) or of the trial (--config)"
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        type=override, metavar="KEY=VALUE",
+                        metavar="KEY=VALUE",
                         help=f"override {fields}; VALUE is YAML, e.g. --set train.epochs=2 "
                              "--set space.depth=[20,56] (repeatable)")
 

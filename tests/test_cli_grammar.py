@@ -126,11 +126,6 @@ def test_set_on_a_varied_key_names_the_where_that_picks_it(capsys):
      "argument --max-failures: got -1; a whole number >= 0"),
     (["plan", QUICK_STUDY, "--gpu-memory", "lots"],
      "argument --gpu-memory: got 'lots'; a number > 0"),
-    (["plan", QUICK_STUDY, "--set", "train.epochs"],
-     "argument --set: got 'train.epochs'; KEY=VALUE, e.g. depth=56"),
-    (["train", QUICK_STUDY, "--set", "space.depth=[20,"], "argument --set: got '[20,'; a "
-     "YAML value (not valid YAML"),
-    (["train", QUICK_STUDY, "--where", "=56"], "argument --where: got '=56'; KEY=VALUE"),
     (["train", QUICK_STUDY, "--threads", "0"], "argument --threads: got 0; a whole number >= 1"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(argv, message, capsys):
@@ -141,6 +136,36 @@ def test_a_bad_option_is_one_line_and_exit_2(argv, message, capsys):
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"resweep {argv[0]}: error: {message}")
     assert err.rstrip().endswith(f"(see `resweep {argv[0]} --help`)")
+
+
+@pytest.mark.parametrize("argv,message", [
+    # a study's --set is checked by the study loader, with the file's other problems
+    (["plan", QUICK_STUDY, "--set", "train.epochs"],
+     f"{QUICK_STUDY} (--set train.epochs): train.epochs: got 'train.epochs'; write --set "
+     "key.path=value"),
+    (["run", QUICK_STUDY, "--set", "space.depth=[20,"],
+     f"{QUICK_STUDY} (--set space.depth=[20,): space.depth: got '[20,'; a YAML value"),
+    (["train", QUICK_STUDY, "--set", "space.depth=[20,"],
+     f"{QUICK_STUDY} (--set space.depth=[20,): space.depth: got '[20,'; a YAML value"),
+    # the items train reads itself say the same
+    (["train", QUICK_STUDY, "--where", "=56"], "--where =56: got '=56'; KEY=VALUE, e.g. "
+     "depth=56"),
+    (["train", QUICK_STUDY, "--where", "depth=[20,"],
+     "--where depth=[20,: got '[20,'; a YAML value (not valid YAML"),
+])
+def test_a_bad_key_value_is_one_line_and_exit_2(argv, message, capsys):
+    assert resweep(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"resweep {argv[0]}: error: {message}"), err
+
+
+def test_a_bad_set_on_a_trial_config_is_one_line_and_exit_2(tmp_path, capsys):
+    config = tmp_path / "trial.json"
+    config.write_text(json.dumps({"name": "t", "model": {"depth": 8}}))
+    assert resweep(["train", "--config", str(config), "--set", "train.lr=[0.1,"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "resweep train: error: --set train.lr=[0.1,: got '[0.1,'; a YAML value (not valid")
 
 
 def test_a_bad_option_from_the_shell_has_no_traceback():

@@ -51,15 +51,14 @@ EXIT_STATUS = ("exit status: 0 finished, 1 diverged (non-finite loss), 2 invalid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator.arg_types import (add_quiet_option, add_set_option, override,
-                                        positive_int)
+    from orchestrator.arg_types import add_quiet_option, add_set_option, positive_int
 
     parser.add_argument("study", nargs="?", metavar="STUDY",
                         help="a study file (search_spaces/*.yaml)")
     parser.add_argument("--trial", metavar="NAME_OR_ID",
                         help="trial name or trial id (a unique prefix of at least 4 hex digits)")
     parser.add_argument("--where", dest="where", action="append", default=[],
-                        type=override, metavar="KEY=VALUE",
+                        metavar="KEY=VALUE",
                         help="keep the study's trials whose KEY equals VALUE (YAML), e.g. "
                              "--where depth=56 --where residual=true (repeatable)")
     add_set_option(parser, target="trial")
@@ -80,16 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet_option(parser, "the trial and its final result")
 
 
-def _split_override(item: str) -> tuple[list[str], object]:
-    """`train.epochs=2` -> (["train", "epochs"], 2); the value read as YAML, as a study
-    file reads it (argparse has already checked the syntax)."""
-    from orchestrator.arg_types import key_value
-    key, value = key_value(item)
-    return key.split("."), value
-
-
 def _trial_from_json(path: str, overrides: list[str]):
     from models.config import ConfigError
+    from orchestrator.arg_types import split_key_value
     from workers.config import TrialConfig
     try:
         with open(path) as f:
@@ -103,7 +95,7 @@ def _trial_from_json(path: str, overrides: list[str]):
         data = data["trial"]  # a result written by `resweep train --out`
     data.pop("trial_id", None)
     for item in overrides:
-        keys, value = _split_override(item)
+        keys, value = split_key_value(item, "--set")
         node = data
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
@@ -162,11 +154,14 @@ def _study_trials(path: str, overrides: list[str], wheres: list[str]):
     """The study's trials (with `--set` applied to the study file), filtered by each
     `--where KEY=VALUE` (all must hold)."""
     from models.config import ConfigError
+    from orchestrator.arg_types import split_key_value
     from search_spaces import expand_study
 
+    for item in wheres:  # a malformed --where is reported before the study is loaded
+        split_key_value(item, "--where")
     trials = expand_study(_load(path, overrides))
     for item in wheres:
-        keys, value = _split_override(item)
+        keys, value = split_key_value(item, "--where")
         key = ".".join(keys)
         dotted = _trial_key(key)
         section, _, field = dotted.rpartition(".")
