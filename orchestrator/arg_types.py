@@ -1,14 +1,30 @@
-"""argparse `type=` checkers for counts and sizes: a bad value is argparse's usage error
-(exit status 2) naming the option and the value received."""
+"""The grammar every `resweep` command shares: argparse `type=` checkers and the options
+that mean the same in each command (`--set`, `-q/--quiet`).
+
+A bad number is an argparse usage error (exit status 2, one line) that names the option,
+the value received and what is allowed: ``argument --port: got 0; a port number 1..65535``.
+Values of `--set KEY=VALUE` (and train's `--where`) are YAML (`56`, `0.1`, `1e-3`, `true`,
+`null`, `[20, 56]`, `A`), read by the study-file loader, so a value means the same on the
+command line as in a study file; a malformed item is a ConfigError (exit status 2), for a
+study reported with the file's other problems. The study loader is imported only when
+such an item is read: `resweep --help` stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
+def _number(text: str, kind, allowed: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; {allowed}") from None
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (trials at a time, CPUs, GPUs)."""
-    value = int(text)
+    value = _number(text, int, "a whole number >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}; a whole number >= 1")
     return value
@@ -16,7 +32,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (a count of retries)."""
-    value = int(text)
+    value = _number(text, int, "a whole number >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"got {value}; a whole number >= 0")
     return value
@@ -24,7 +40,54 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A number > 0 (a memory size)."""
-    value = float(text)
-    if not value > 0:
+    value = _number(text, float, "a number > 0")
+    if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"got {value:g}; a number > 0")
     return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1..65535 (0, "any free port", is refused: the address must be known
+    before the server starts, to print it)."""
+    value = _number(text, int, "a port number 1..65535")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"got {value}; a port number 1..65535")
+    return value
+
+
+def split_key_value(text: str, option: str) -> tuple[list[str], object]:
+    """`train.epochs=2` -> (["train", "epochs"], 2): the VALUE read as YAML, as a study
+    file reads it. Raises ConfigError naming `option` ("--set") for a malformed item.
+
+    (`--set` on a study is applied by the study loader itself, which reports a bad item
+    with every other problem of the file; this is for the items a command reads itself:
+    train's `--where` and its `--set` on a `--config` trial.)"""
+    from models.config import ConfigError
+    from search_spaces.yaml_loader import load_yaml
+
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{option} {text}: got {text!r}; KEY=VALUE, e.g. depth=56")
+    value, _, problems = load_yaml(value_text, f"{option} {text}")
+    if problems:
+        reason = " ".join(problems[0].message.split())  # one line
+        raise ConfigError(f"{option} {text}: got {value_text!r}; a YAML value ({reason})")
+    return key.split("."), value
+
+
+def add_set_option(parser: argparse.ArgumentParser, target: str = "study") -> None:
+    """`--set KEY=VALUE` (repeatable) into `args.overrides`: an override of a field of the
+    study file (or, `target="trial"`, of a trial config), whatever the command."""
+    fields = "a field of the study file" if target == "study" else \
+        "a field of the study file (STUDY) or of the trial (--config)"
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help=f"override {fields}; VALUE is YAML, e.g. --set train.epochs=2 "
+                             "--set space.depth=[20,56] (repeatable)")
+
+
+def add_quiet_option(parser: argparse.ArgumentParser, shows: str) -> None:
+    """`-q/--quiet`: no progress and no tables, only the outcome (`shows`) and errors."""
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help=f"print only {shows} and errors; no progress or tables")

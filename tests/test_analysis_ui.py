@@ -52,8 +52,36 @@ def test_port_in_use_and_unknown_study_exit_2(store, capsys):
         assert resweep(["ui", "--tracking-uri", store, "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port} is in use" in err and "Traceback" not in err
-    assert resweep(["ui", "--tracking-uri", store, "--study", "nope"]) == 2
+    assert resweep(["ui", "nope", "--tracking-uri", store]) == 2
     assert f"no experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_ui_takes_the_study_as_report_does_a_name_or_a_file(store, tmp_path, capsys):
+    quick = open("search_spaces/degradation-quick.yaml", encoding="utf-8").read()
+    for name in (STUDY, "nope"):
+        (tmp_path / f"{name}.yaml").write_text(
+            quick.replace("name: degradation-quick", f"name: {name}"), encoding="utf-8")
+    assert resweep(["ui", str(tmp_path / "nope.yaml"), "--tracking-uri", store]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err   # the file's name
+    with socket.socket() as busy:           # the study resolves; then the port is checked
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert resweep(["ui", str(tmp_path / f"{STUDY}.yaml"), "--tracking-uri", store,
+                        "--port", port]) == 2
+    assert "is in use" in capsys.readouterr().err
+
+
+def test_report_quiet_prints_only_the_count_and_the_paths(store, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    assert resweep(["report", STUDY, "--tracking-uri", store, "--out", str(out_dir),
+                    "--no-log", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"resweep report: study '{STUDY}': 4 trials")
+    assert f"report:  {out_dir / 'report.html'}" in printed and "MLflow:  http" in printed
+    assert f"(after `resweep ui {STUDY} --tracking-uri {store}`)" in printed
+    assert "Paper claims" not in printed and "degradation onset" not in printed
+    assert (out_dir / "report.html").is_file()
 
 
 def _lines(stream, sink: queue.Queue) -> None:
@@ -66,7 +94,7 @@ def test_ui_serves_the_store_on_localhost(store, capsys):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
-                           store, "--port", str(port), "--study", STUDY],
+                           store, "--port", str(port), STUDY],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(ui.stdout, lines), daemon=True).start()
@@ -89,7 +117,7 @@ def test_ui_serves_the_store_on_localhost(store, capsys):
             assert response.status == 200 and "<html" in response.read().decode().lower()
         # Against a running server (http URI) the command only prints the address.
         capsys.readouterr()
-        assert resweep(["ui", "--tracking-uri", base, "--study", STUDY]) == 0
+        assert resweep(["ui", STUDY, "--tracking-uri", base]) == 0
         assert capsys.readouterr().out == f"{STUDY}: {expected}\n"
     finally:
         ui.send_signal(signal.SIGINT)

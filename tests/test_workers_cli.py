@@ -52,9 +52,9 @@ def test_train_one_trial_of_the_quick_study_by_name_and_by_selection(tmp_path, c
     assert result["trial"]["model"]["depth"] == 20 and result["trial"]["model"]["residual"]
     assert result["history"][0]["iteration"] == 2          # 256 images at batch 128
     capsys.readouterr()
-    # --set on a varied key selects; together with the others it leaves one trial
-    assert resweep(["train", QUICK_STUDY, "--set", "model.depth=20", "--set", "residual=false",
-                    *SHRINK, "--list"]) == 0
+    # --where on a varied key selects; together with the others it leaves one trial
+    assert resweep(["train", QUICK_STUDY, "--where", "model.depth=20", "--where",
+                    "residual=false", *SHRINK, "--list"]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
     assert len(listed) == 1 and listed[0].startswith("plain-20-A-w0.5-s0")
 
@@ -78,7 +78,8 @@ def test_train_help_explains_the_ways_to_pick_a_trial(capsys):
         resweep(["train", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for phrase in ("--trial NAME_OR_ID", "--set KEY=VALUE", "--config TRIAL.JSON",
+    for phrase in ("--trial NAME_OR_ID", "--set KEY=VALUE", "--where KEY=VALUE",
+                   "--config TRIAL.JSON",
                    "--checkpoint-dir DIR", "--out FILE.json", "exit status"):
         assert phrase in out
 

@@ -25,22 +25,22 @@ GPU studies also show each trial's estimated GPU memory (parameters, gradients, 
 activations from a meta-device forward at the batch size and precision, the data set held
 on the GPU, CUDA context) and whether the 1/gpu trials that share a GPU fit in it
 (--gpu-memory, or this machine's GPU).
+"""
 
+EXAMPLES = """\
 examples:
   resweep plan search_spaces/degradation.yaml
   resweep plan search_spaces/degradation-quick.yaml --set train.epochs=2 --json
-  resweep plan search_spaces/width.yaml --gpus 8
+  resweep plan search_spaces/degradation-quick.yaml --set space.depth=[20,56,110]
+  resweep plan search_spaces/width.yaml --gpus 8 --gpu-memory 80
 """
 
 
 def add_arguments(parser) -> None:
-    from orchestrator.arg_types import positive_float, positive_int
+    from orchestrator.arg_types import add_set_option, positive_float, positive_int
 
     parser.add_argument("study", metavar="STUDY", help="a study file (search_spaces/*.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY.PATH=VALUE",
-                        help="override a value of the file (YAML syntax), e.g. "
-                             "--set train.epochs=5 --set space.depth=[20,56]; repeatable")
+    add_set_option(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the plan as JSON (trials with their full config, "
                              "totals, cost model)")

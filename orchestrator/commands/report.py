@@ -26,13 +26,14 @@ than 1 percentage point).
 EXAMPLES = """\
 examples:
   resweep report search_spaces/degradation-quick.yaml
-  resweep report degradation-quick --out /tmp/report
+  resweep report degradation-quick --out /tmp/report -q
   resweep report degradation --tracking-uri http://127.0.0.1:5000
 """
 
 
 def add_arguments(parser) -> None:
-    parser.epilog = EXAMPLES
+    from orchestrator.arg_types import add_quiet_option
+
     parser.add_argument("study", metavar="STUDY",
                         help="a study YAML file or a study name (= its MLflow experiment)")
     parser.add_argument("--tracking-uri", metavar="URI", default=None,
@@ -45,6 +46,7 @@ def add_arguments(parser) -> None:
                              "report to and take the study file from (default: the latest)")
     parser.add_argument("--no-log", action="store_true",
                         help="do not attach the report to the study's MLflow parent run")
+    add_quiet_option(parser, "the trial count and the report's paths")
 
 
 def main(args) -> int:
@@ -64,12 +66,14 @@ def main(args) -> int:
     counts = runs.trials["status"].value_counts().to_dict()
     print(f"resweep report: study {name!r}: {len(runs.trials)} trials "
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) in {tracking_uri}")
-    print("\nPaper claims (He et al. 2015):")
-    print(format_claims_text(report.findings))
-    print("\ndegradation onset (final training error against depth):")
-    for line in onset_lines(report.findings):
-        print(f"  {line}")
-    print(f"\nreport:  {report.html}  (self-contained; open it in a browser)")
+    if not args.quiet:
+        print("\nPaper claims (He et al. 2015):")
+        print(format_claims_text(report.findings))
+        print("\ndegradation onset (final training error against depth):")
+        for line in onset_lines(report.findings):
+            print(f"  {line}")
+        print()
+    print(f"report:  {report.html}  (self-contained; open it in a browser)")
     print(f"summary: {report.markdown}")
     print(f"figures: {report.html.parent / 'figures'}/ "
           f"({', '.join(f.name for f in report.figures) or 'none'}; PNG + SVG)")
@@ -82,6 +86,6 @@ def main(args) -> int:
     view = runs_view_url(ui_base_url(tracking_uri), runs.experiment_id)
     uri_option = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
     hint = "" if tracking_uri.startswith("http") else \
-        f"  (after `resweep ui --study {name}{uri_option}`)"
+        f"  (after `resweep ui {name}{uri_option}`)"
     print(f"MLflow:  {view}{hint}")
     return 0

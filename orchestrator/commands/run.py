@@ -15,26 +15,30 @@ Nothing is lost: rerunning the same command (or adding --resume) skips trials th
 already done in the study's MLflow experiment and continues interrupted ones from their
 last checkpoint, so an extended study runs only its new cells. A trial whose worker dies
 is restarted from its checkpoint (up to --max-failures times).
+"""
 
-exit status: 0 every trial ran (finished, diverged or stopped early), 1 some trials
-failed (listed), 2 invalid input, 130 interrupted (resumable)
-
+EXAMPLES = """\
 examples:
   resweep run search_spaces/degradation-quick.yaml
-  resweep run study.yaml --set repeats=3 --max-concurrent 2
+  resweep run search_spaces/degradation-quick.yaml --dry-run   # the plan; what is done
+  resweep run search_spaces/degradation-quick.yaml --set repeats=3 --max-concurrent 2 -q
   RAY_AUTH_MODE=token resweep run study.yaml --address auto \\
       --tracking-uri http://127.0.0.1:5000 --storage /shared/ray_results
 """
 
+EXIT_STATUS = """\
+exit status: 0 every trial ran (finished, diverged or stopped early), 1 some trials
+failed (listed), 2 invalid input, 130 interrupted (resumable)
+"""
+
 
 def add_arguments(parser) -> None:
-    from orchestrator.arg_types import non_negative_int, positive_int
+    from orchestrator.arg_types import (add_quiet_option, add_set_option, non_negative_int,
+                                        positive_int)
     from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
 
-    parser.add_argument("study", metavar="STUDY", help="the study file (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a study field, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument("study", metavar="STUDY", help="a study file (search_spaces/*.yaml)")
+    add_set_option(parser)
     parser.add_argument("--address", metavar="auto|HOST:PORT",
                         help="run on an existing Ray cluster (`ray start --head`); export "
                              "RAY_AUTH_MODE=token if the cluster uses token auth "
@@ -60,8 +64,7 @@ def add_arguments(parser) -> None:
                              "installed)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (trials, cost) and exit")
-    parser.add_argument("--quiet", "-q", action="store_true",
-                        help="no live progress; print only the summary and errors")
+    add_quiet_option(parser, "the final summary")
 
 
 def main(args) -> int:

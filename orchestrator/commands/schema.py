@@ -12,7 +12,9 @@ Print the JSON Schema of a study file, generated from resweep's typed schema
 so editors with the YAML language server complete keys and flag mistakes as you type.
 The schema checks shapes and types; `resweep plan STUDY` checks everything (designs,
 constraints, architectures) and is the final word.
+"""
 
+EXAMPLES = """\
 examples:
   resweep schema --out search_spaces/study.schema.json   # refresh the shipped copy
   resweep schema | python -m json.tool | less

@@ -1,9 +1,10 @@
 """`resweep train`: run one trial in this process, without Ray or MLflow.
 
 How a trial is reproduced outside the tuner, and how the engine is measured on a GPU box
-that has only torch. The trial comes from a study (`STUDY --trial NAME_OR_ID`, or a study
-whose `--set` overrides leave one trial) or from a trial JSON (`--config`, the
-`TrialConfig.to_dict()` format that the orchestrator logs as trial.json). Heavy imports
+that has only torch. The trial comes from a study (`STUDY --trial NAME_OR_ID`, or
+`--where KEY=VALUE` filters that leave one trial) or from a trial JSON (`--config`, the
+`TrialConfig.to_dict()` format that the orchestrator logs as trial.json, or the result
+file `--out` writes). `--set` overrides a field, as in every command. Heavy imports
 (torch, the study loader) happen inside `main`, so `resweep --help` stays fast.
 """
 
@@ -20,39 +21,52 @@ error, loss, lr, images/s, elapsed, ETA). No Ray, no MLflow: use it to reproduce
 debug a configuration, or measure the engine on a machine that has only torch.
 
 Pick the trial:
-  resweep train STUDY.yaml --list                       # the study's trials (name, id)
-  resweep train STUDY.yaml --trial resnet-56-A-w0.5-s0  # by name, or by trial id (prefix)
-  resweep train STUDY.yaml --set model.depth=56 --set model.residual=true
-      # --set on a key the study varies selects trials; on any other key it overrides
-      # the study file (e.g. --set train.epochs=2); together they must leave one trial
-  resweep train --config trial.json [--set train.epochs=2]   # a saved TrialConfig
+  STUDY --list                 the study's trials (name, trial_id, depth, residual, seed)
+  STUDY --trial NAME_OR_ID     by name, or by trial id (a unique prefix of 4+ hex digits)
+  STUDY --where KEY=VALUE      the trials whose KEY equals VALUE (KEY as in a study's
+                               space: depth, residual, train.lr, data.train_size; or seed);
+                               repeatable, all must hold; together they must leave one
+                               trial (or combine with --trial, --list)
+  --config TRIAL.json          a saved trial: the trial.json a run logs, or an --out file
 
+--set KEY=VALUE overrides a field as in every command: with STUDY a field of the study
+file, before the trials are picked (--set train.epochs=2); with --config a field of the
+trial (--set train.epochs=2, --set seed=3). It never picks trials: a --set on a key the
+study varies (e.g. model.depth in a grid over depth) is refused, naming the --where that
+picks those trials.
+"""
+
+EXAMPLES = """\
 examples:
   resweep train search_spaces/degradation-quick.yaml --list
-  resweep train search_spaces/degradation-quick.yaml --trial NAME --out result.json
-  resweep train --config trial.json --checkpoint-dir runs/t1   # rerun: resumes there
-
-exit status: 0 finished, 1 diverged (non-finite loss), 2 invalid input or missing data
+  resweep train search_spaces/degradation-quick.yaml --where depth=20 --where residual=false \\
+      --set train.epochs=1 --out result.json
+  resweep train search_spaces/degradation-quick.yaml --trial resnet-20-A-w0.5-s0 -q
+  resweep train --config result.json --set seed=1 -q            # that trial, another seed
+  resweep train --config result.json --checkpoint-dir runs/t1   # a rerun resumes there
 """
+
+EXIT_STATUS = ("exit status: 0 finished, 1 diverged (non-finite loss), 2 invalid input or "
+               "missing data,\n130 interrupted")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator.arg_types import positive_int
+    from orchestrator.arg_types import add_quiet_option, add_set_option, positive_int
 
     parser.add_argument("study", nargs="?", metavar="STUDY",
-                        help="study YAML file (see search_spaces/*.yaml)")
+                        help="a study file (search_spaces/*.yaml)")
     parser.add_argument("--trial", metavar="NAME_OR_ID",
                         help="trial name or trial id (a unique prefix of at least 4 hex digits)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
+    parser.add_argument("--where", dest="where", action="append", default=[],
                         metavar="KEY=VALUE",
-                        help="model.depth=56, train.epochs=2, ... (repeatable). With STUDY: "
-                             "a key the study varies selects trials, any other key "
-                             "overrides the study file; with --config: sets that field")
+                        help="keep the study's trials whose KEY equals VALUE (YAML), e.g. "
+                             "--where depth=56 --where residual=true (repeatable)")
+    add_set_option(parser, target="trial")
     parser.add_argument("--config", metavar="TRIAL.JSON",
-                        help="run the trial in this JSON file (TrialConfig.to_dict format) "
-                             "instead of one from a study")
+                        help="run the trial in this JSON file (TrialConfig.to_dict format, "
+                             "or a result written by --out) instead of one from a study")
     parser.add_argument("--list", action="store_true",
-                        help="list the study's trials (name, id, depth, residual) and exit")
+                        help="list the study's trials (name, id, depth, residual, seed) and exit")
     parser.add_argument("--out", metavar="FILE.json",
                         help="write the result (TrialResult + the trial config) as JSON")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
@@ -62,27 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch CPU threads (default: the trial's train.threads)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-
-
-def _parse_value(text: str):
-    """JSON where it parses (56, 0.1, true, null, [1, 2]), else the string itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _split_override(item: str) -> tuple[list[str], object]:
-    from models.config import ConfigError
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set: got {item!r}; expected KEY=VALUE, e.g. model.depth=56")
-    return key.strip().split("."), _parse_value(value.strip())
+    add_quiet_option(parser, "the trial and its final result")
 
 
 def _trial_from_json(path: str, overrides: list[str]):
     from models.config import ConfigError
+    from orchestrator.arg_types import split_key_value
     from workers.config import TrialConfig
     try:
         with open(path) as f:
@@ -92,9 +91,11 @@ def _trial_from_json(path: str, overrides: list[str]):
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: got a JSON {type(data).__name__}; a trial config "
                           "is an object (the trial.json a run logs)")
+    if "model" not in data and isinstance(data.get("trial"), dict):
+        data = data["trial"]  # a result written by `resweep train --out`
     data.pop("trial_id", None)
     for item in overrides:
-        keys, value = _split_override(item)
+        keys, value = split_key_value(item, "--set")
         node = data
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
@@ -108,36 +109,78 @@ def _trial_from_json(path: str, overrides: list[str]):
         raise ConfigError(f"--config {path}: not a trial config ({err})") from None
 
 
-def _study_trials(path: str, overrides: list[str]):
-    """The study's trials. A `--set` on a key the design varies (e.g. model.depth=56 in a
-    grid over depth) selects the trials with that value; every other `--set` is applied to
-    the study file by `load_study`."""
+def _trial_key(key: str) -> str:
+    """A key as a study's space writes it -> its path in a trial: "depth" -> "model.depth",
+    "train.lr" stays, "seed" stays."""
+    return key if key == "seed" or "." in key else f"model.{key}"
+
+
+def _load(path: str, overrides: list[str]):
+    """`load_study(path, overrides)`, as `plan` and `run` do; when that fails because a
+    `--set` fixes a key the study varies (the old selecting `--set`), say to use --where."""
     from models.config import ConfigError
-    from search_spaces import expand_study, load_study
+    from search_spaces import StudyError, load_study
 
-    study = load_study(path)
-    varied = {key.dotted for key in study.varied_keys} | {"seed"}
-    selectors, passed = [], []
-    for item in overrides:
-        keys, value = _split_override(item)
-        dotted = ".".join(keys) if len(keys) > 1 or keys[0] == "seed" else f"model.{keys[0]}"
-        if dotted in varied:
-            selectors.append((item, dotted, value))
-        else:
-            passed.append(item)
-    trials = expand_study(load_study(path, passed) if passed else study)
-    for item, dotted, value in selectors:
-        def value_of(trial, dotted=dotted):
-            if dotted == "seed":
-                return trial.seed
-            section, field = dotted.split(".", 1)
-            return getattr(getattr(trial, section), field)
+    try:
+        return load_study(path, overrides)
+    except StudyError:
+        if not overrides:
+            raise
+        try:
+            varied = {key.dotted for key in load_study(path).varied_keys} | {"seed"}
+        except StudyError:
+            varied = set()
+        hints = []
+        for item in overrides:
+            key, _, value = (part.strip() for part in item.partition("="))
+            dotted = _trial_key(key)
+            if dotted in varied:
+                why = "each trial has its own seed" if dotted == "seed" else \
+                    f"the study varies {dotted}"
+                hints.append(f"--set {item}: {why}; --set overrides a study field and does "
+                             f"not pick trials: --where {key}={value} picks those with "
+                             "that value")
+        if hints:
+            raise ConfigError("\n".join(hints)) from None
+        raise
 
-        chosen = [t for t in trials if value_of(t) == value]
+
+def _plain(value):
+    """Tuples as lists, so a YAML list compares equal to a tuple field (milestones)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _study_trials(path: str, overrides: list[str], wheres: list[str]):
+    """The study's trials (with `--set` applied to the study file), filtered by each
+    `--where KEY=VALUE` (all must hold)."""
+    from models.config import ConfigError
+    from orchestrator.arg_types import split_key_value
+    from search_spaces import expand_study
+
+    for item in wheres:  # a malformed --where is reported before the study is loaded
+        split_key_value(item, "--where")
+    trials = expand_study(_load(path, overrides))
+    for item in wheres:
+        keys, value = split_key_value(item, "--where")
+        key = ".".join(keys)
+        dotted = _trial_key(key)
+        section, _, field = dotted.rpartition(".")
+
+        def value_of(trial, section=section, field=field):
+            return trial.seed if not section else getattr(getattr(trial, section), field)
+
+        sample = trials[0].to_dict() if trials else {}
+        if trials and (section not in ("", "model", "data", "train")
+                       or field not in (sample[section] if section else {"seed"})):
+            model = ", ".join(sample["model"])
+            raise ConfigError(f"--where {item}: got the key {key!r}; seed, a model "
+                              f"field ({model}), data.<field> or train.<field>")
+        chosen = [t for t in trials if _plain(value_of(t)) == value]
         if not chosen:
             values = sorted({repr(value_of(t)) for t in trials})
-            raise ConfigError(f"--set {item}: no trial of the study has {dotted} = {value!r}; "
-                              f"its trials have {', '.join(values) or 'none'}")
+            raise ConfigError(f"--where {item}: no trial of the study has "
+                              f"{dotted} = {value!r}; its trials have "
+                              f"{', '.join(values) or 'none'}")
         trials = chosen
     return trials
 
@@ -149,7 +192,7 @@ def _pick(trials, wanted: str | None):
         if len(trials) == 1:
             return trials[0]
         raise ConfigError(f"the study has {len(trials)} trials; pick one with --trial "
-                          f"NAME_OR_ID (or --list): {names}")
+                          f"NAME_OR_ID or --where KEY=VALUE (or --list): {names}")
     matches = [t for t in trials if t.name == wanted or t.trial_id == wanted]
     if not matches and len(wanted) >= 4:
         matches = [t for t in trials if t.trial_id.startswith(wanted.lower())]
@@ -196,13 +239,16 @@ def main(args: argparse.Namespace) -> int:
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         # Checked now: the result of a long trial must not be lost to a typo at the end.
         raise ConfigError(f"--out: got {args.out!r}; its folder does not exist")
+    if args.config and args.where:
+        raise ConfigError("--where picks trials of a STUDY; --config is one trial (change "
+                          "its fields with --set)")
     if args.config:
         trial = _trial_from_json(args.config, args.overrides)
         trials = [trial]
     elif args.study:
-        trials = _study_trials(args.study, args.overrides)
+        trials = _study_trials(args.study, args.overrides, args.where)
     else:
-        raise ConfigError("no trial to run: give a STUDY file (with --trial or --set) or "
+        raise ConfigError("no trial to run: give a STUDY file (with --trial or --where) or "
                           "--config TRIAL.json; see `resweep train --help`")
     if args.list:
         for t in trials:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 HELP = "browse the runs in MLflow's UI (127.0.0.1)"
 DESCRIPTION = """\
 Start MLflow's UI (`mlflow server`) on the study store, bound to 127.0.0.1, and print the
@@ -16,16 +18,39 @@ param; the chart view plots train_error against epoch for the selected runs.
 With an http(s) --tracking-uri the server already exists: only the addresses are printed.
 """
 
+EXAMPLES = """\
+examples:
+  resweep ui                                            # every study in ./mlflow.db
+  resweep ui degradation-quick --port 5001              # a study by name ...
+  resweep ui search_spaces/degradation-quick.yaml       # ... or by its file, as `report`
+  resweep ui degradation --tracking-uri http://127.0.0.1:5000   # print its address only
+"""
+
+EXIT_STATUS = ("exit status: 0 stopped with Ctrl-C (or addresses printed), 1 the server "
+               "failed or died,\n2 invalid input (unknown study, port in use)")
+
+
+class _MovedToPositional(argparse.Action):
+    """`--study NAME` was ui's own spelling; every command now takes the study as STUDY."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"argument --study: got {values!r}; the study is now the positional "
+                     f"STUDY, as in the other commands: resweep ui {values}")
+
 
 def add_arguments(parser) -> None:
+    from orchestrator.arg_types import port
+
+    parser.add_argument("study", nargs="?", metavar="STUDY", default=None,
+                        help="a study YAML file or a study name (= its MLflow experiment): "
+                             "print only its address (default: every study in the store)")
     parser.add_argument("--tracking-uri", metavar="URI", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                              "sqlite:///./mlflow.db)")
-    parser.add_argument("--port", type=int, default=5000, metavar="N",
-                        help="port on 127.0.0.1 (default: 5000)")
-    parser.add_argument("--study", metavar="NAME", default=None,
-                        help="print only this study's address (default: every study in the "
-                             "store)")
+    parser.add_argument("--port", type=port, default=5000, metavar="N",
+                        help="port on 127.0.0.1, 1..65535 (default: 5000)")
+    parser.add_argument("--study", action=_MovedToPositional, metavar="NAME",
+                        help=argparse.SUPPRESS)
 
 
 def _interrupt(signum, frame):
