@@ -28,15 +28,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-# default_tracking_uri and list_experiments are imported from here by the report and ui
-# commands; their home is analysis.store.
-from analysis.store import (Artifact, Kind, Tag, default_tracking_uri,  # noqa: F401
-                            kind_filter, list_experiments, local_store_path, search_all_runs)
+from analysis.store import (Artifact, Kind, Tag, default_tracking_uri, kind_filter,
+                            list_experiments, local_store_path, search_all_runs)
 from models.config import ConfigError
 from workers.results import CURVE_METRICS, FINISHED, STATUS_RANK
 
-# Per-epoch metrics read back as curves (step = epoch); errors are fractions in [0, 1].
-CURVE_KEYS = CURVE_METRICS
 # Flattened params that do not change what a trial computes, or that name it: a cell is
 # the set of trials that differ only in these (so: the seeds of one configuration).
 _NOT_CELL_PARAMS = ("seed", "name", "study", "trial_id", "train.device", "train.threads",
@@ -165,7 +161,7 @@ def read_json_artifact(client: MlflowClient, run_id: str, path: str) -> dict | N
 
 
 def load_study_runs(study: str, tracking_uri: str | None = None,
-                    curve_keys: tuple[str, ...] = CURVE_KEYS,
+                    curve_keys: tuple[str, ...] = CURVE_METRICS,
                     parent: str | None = None) -> StudyRuns:
     """Read a study's experiment into tables (see module docstring).
 

@@ -63,7 +63,7 @@ def split_key_value(text: str, option: str) -> tuple[list[str], object]:
     with every other problem of the file; this is for the items a command reads itself:
     train's `--where` and its `--set` on a `--config` trial.)"""
     from models.config import ConfigError
-    from search_spaces.yaml_loader import load_yaml
+    from search_spaces.loading import load_yaml
 
     key, sep, value_text = text.partition("=")
     key = key.strip()

@@ -190,7 +190,8 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     from search_spaces import load_study
 
     from orchestrator.ray_session import ray_session
-    from orchestrator.tracking import StudyTracker, default_tracking_uri, sqlite_path
+    from analysis.store import default_tracking_uri, sqlite_path
+    from orchestrator.tracking import StudyTracker
 
     out = out or sys.stdout
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=out, flush=True))

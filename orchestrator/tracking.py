@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# default_tracking_uri is imported from here by orchestrator.commands.run; like the tag
-# names and the paging, it lives in analysis.store, the layout both writer and readers use.
-from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, Artifact, Kind, Tag,  # noqa: F401
-                            default_tracking_uri, kind_filter, search_all_runs, sqlite_path)
+# The tag names, the paging and the store URI helpers live in analysis.store: the layout
+# this writer and the analysis readers share.
+from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, Artifact, Kind, Tag, kind_filter,
+                            search_all_runs, sqlite_path)
 from models.config import ConfigError
 from workers.config import TrialConfig
 from workers.results import DONE_STATUSES, INTERRUPTED, RUNNING

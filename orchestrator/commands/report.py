@@ -54,7 +54,8 @@ def main(args) -> int:
 
     from analysis.report import (build_report, format_claims_text, log_report, onset_lines,
                                  runs_view_url, ui_base_url)
-    from analysis.runs import default_tracking_uri, load_study_runs, resolve_study
+    from analysis.runs import load_study_runs, resolve_study
+    from analysis.store import default_tracking_uri
 
     name, study_file = resolve_study(args.study)
     tracking_uri = args.tracking_uri or default_tracking_uri()

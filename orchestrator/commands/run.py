@@ -99,8 +99,8 @@ def _dry_run(args) -> int:
 def _done_earlier(study, tracking_uri: str | None) -> set[str] | None:
     """trial_ids done in the study's experiment, or None if there is no store/experiment.
     A store that cannot be opened is a ConfigError (exit 2), as for a real run."""
-    from orchestrator.tracking import StudyTracker, default_tracking_uri, open_client, \
-        sqlite_path
+    from analysis.store import default_tracking_uri, sqlite_path
+    from orchestrator.tracking import StudyTracker, open_client
 
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)

@@ -202,14 +202,10 @@ def _pick(trials, wanted: str | None):
     return matches[0]
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
 def epoch_line(metrics: dict, train) -> str:
     """One human line per epoch: errors in percent, ETA from the progress so far."""
+    from search_spaces.plan import format_duration
+
     def pct(key: str) -> str:
         return f"{100 * metrics[key]:6.2f}%" if key in metrics else "    -  "
 
@@ -224,8 +220,8 @@ def epoch_line(metrics: dict, train) -> str:
     return (f"{epoch}  it {metrics.get('iteration', 0):>6}  train {pct('train_error')}  "
             f"val {pct('val_error')}  test {pct('test_error')}  "
             f"loss {metrics.get('train_loss', float('nan')):.4f}  lr {metrics.get('lr', 0):.5f}  "
-            f"{metrics.get('images_per_s', 0):8.0f} img/s  elapsed {_clock(elapsed)}  "
-            f"ETA {_clock(eta)}")
+            f"{metrics.get('images_per_s', 0):8.0f} img/s  elapsed {format_duration(elapsed)}  "
+            f"ETA {format_duration(eta)}")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -60,8 +60,8 @@ def _interrupt(signum, frame):
 def main(args) -> int:
     import signal
 
-    from analysis.runs import (default_tracking_uri, find_experiment, list_experiments,
-                               open_store, resolve_study)
+    from analysis.runs import find_experiment, open_store, resolve_study
+    from analysis.store import default_tracking_uri, list_experiments
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     client = open_store(tracking_uri)
