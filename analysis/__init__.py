@@ -4,9 +4,8 @@
     runs.py           load a study's experiment into tidy tables (trials, per-epoch curves)
     stats.py          mean / std / t-interval over seeds, Welch's t-test
     findings.py       degradation onset, residual gain per depth, the paper-claims table
-    probe_tables.py   the trials' probes.json (layer responses, gradient norms) as a table
     figures.py        training curves, degradation map, shortcuts (and the shared style)
-    probe_figures.py  layer responses, gradient flow
+    probe_views.py    the trials' probes.json as a table; layer responses, gradient flow
     report.py         report.html (self-contained) + summary.md, logged to the parent run
     server.py         `mlflow server` on 127.0.0.1 for `resweep ui`
 

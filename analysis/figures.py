@@ -8,7 +8,7 @@ SVG, and the style every figure shares (`FigureFile`, colours, axes, `save_figur
 3. shortcut options A/B/C and plain (paper Table 3) as a bar chart.
 
 Figures 4 and 5 (layer responses, gradient flow) are drawn from the probes in
-`analysis.probe_figures`; `analysis.report.make_figures` collects them all in order.
+`analysis.probe_views`; `analysis.report.make_figures` collects them all in order.
 
 A figure is drawn only when the study's data supports it (two shortcut options, more
 than one depth...); each `plot_*` returns None otherwise. Errors are stored as fractions

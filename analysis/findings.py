@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.stats import Comparison, compare_greater, difference_interval, summarize
+from workers.results import FINISHED
 
 # Errors are fractions; the margin is 1 percentage point. It is the paper's own scale of
 # "no real difference" (Table 3: options A/B/C within 0.84 pp top-1).
@@ -228,8 +229,8 @@ def compute_findings(trials: pd.DataFrame, layer_response_means: dict[str, float
     layer_response_means: {cell: mean over layers and seeds of the layer-response std},
     from the probes; None or {} when the study has no probes.
     """
-    done = trials[trials["status"] == "finished"] if not trials.empty else trials
-    excluded = trials[trials["status"] != "finished"] if not trials.empty else trials
+    done = trials[trials["status"] == FINISHED] if not trials.empty else trials
+    excluded = trials[trials["status"] != FINISHED] if not trials.empty else trials
     aggregates = aggregate(done)
     onsets, residual_onsets = {}, {}
     if not done.empty and "train_error" in done:

@@ -28,8 +28,8 @@ from analysis.figures import (FigureFile, plot_degradation_map, plot_shortcuts,
                               plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
-from analysis.probe_figures import plot_gradient_flow, plot_layer_responses
-from analysis.probe_tables import layer_response_means, probe_table
+from analysis.probe_views import (layer_response_means, plot_gradient_flow,
+                                  plot_layer_responses, probe_table)
 from analysis.runs import StudyRuns
 from analysis.store import Artifact
 
@@ -80,7 +80,7 @@ def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None) 
 def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,
                  findings: Findings, out_dir: Path) -> list[FigureFile]:
     """Every figure the data supports, in report order (1-3 `analysis.figures`, 4-5
-    `analysis.probe_figures`)."""
+    `analysis.probe_views`)."""
     figures = [
         plot_training_curves(done, curves, out_dir),
         plot_degradation_map(done, findings, out_dir),

@@ -42,6 +42,7 @@ from models.config import ModelConfig  # noqa: E402
 from workers.config import DataConfig, TrainConfig, TrialConfig  # noqa: E402
 from workers.engine import pick_device  # noqa: E402
 from workers.data.arrays import make_synthetic  # noqa: E402
+from workers.results import FINISHED  # noqa: E402
 from workers.trial import train_trial  # noqa: E402
 
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = train_trial(trial, report)
     engine_total = time.perf_counter() - started - sum(plain_seconds)
-    assert result.status == "finished", result.error
+    assert result.status == FINISHED, result.error
 
     pairs = [e / p for e, p in zip(engine_rates[1:], plain_rates[1:])]   # epoch 1: warm-up
     engine, plain_median = statistics.median(engine_rates[1:]), statistics.median(plain_rates[1:])

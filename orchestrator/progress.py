@@ -19,7 +19,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from orchestrator.trainable import envelope_name
+from orchestrator.tune_run import envelope_name
 from orchestrator.tune_callbacks import end_status, metric_value, result_epoch
 from search_spaces.plan import format_duration
 from workers.results import DONE_STATUSES, FAILED, RUNNING

@@ -1,6 +1,6 @@
 """What Tune runs next: a fixed list of trials (grid, ablation) or Optuna's proposals
-(search), each handed to the trainable as the envelope of `orchestrator.trainable`
-({"trial": TrialConfig dict, ...}); and the early-stopping scheduler of a search study.
+(search), each handed to the trainable as the envelope of `orchestrator.tune_run`
+({TRIAL: TrialConfig dict, ...}); and the early-stopping scheduler of a search study.
 
 Both designs go through a Tune `Searcher`, so the trainable, the MLflow callback and the
 progress display see the same config shape whatever the design.
@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from models.config import ConfigError
-from orchestrator.trainable import trial_envelope
+from orchestrator.tune_run import trial_envelope
 from search_spaces.search import InfeasibleParams
 from workers.config import TrialConfig
 from workers.results import EPOCH

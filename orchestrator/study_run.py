@@ -25,7 +25,7 @@ from typing import TextIO
 from analysis.store import Tag, best_metric_tag, trials_tag
 from models.config import ConfigError
 from orchestrator import __version__
-from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
+from orchestrator.tune_run import DEFAULT_MAX_FAILURES, TuneJob, run_tune, trial_envelope
 from workers.results import (DONE_STATUSES, END_STATUSES, FAILED, FINISHED, INTERRUPTED,
                              STOPPED)
 
@@ -96,7 +96,6 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> RunPlan:
     """The trials of a grid/ablation study not done yet, longest first (the cost model's
     order, `search_spaces.plan.longest_first`); interrupted ones resume."""
     from orchestrator.search import TrialListSearcher, limit_concurrency
-    from orchestrator.trainable import trial_envelope
     from search_spaces import expand_study
     from search_spaces.plan import longest_first, study_epochs, trial_work
 
@@ -250,7 +249,6 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
              started) -> int:
     from orchestrator.progress import ProgressDisplay
     from orchestrator.tune_callbacks import MlflowTrialLogger
-    from orchestrator.tune_runner import TuneJob, run_tune
 
     logger = MlflowTrialLogger(tracker, storage, metric=plan.metric)
     callbacks = [logger]

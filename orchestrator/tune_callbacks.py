@@ -20,7 +20,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from analysis.store import Tag
 from orchestrator.tracking import StudyTracker
-from orchestrator.trainable import SEARCH_PARAMS, envelope_trial
+from orchestrator.tune_run import SEARCH_PARAMS, envelope_trial
 from workers.config import TrialConfig
 from workers.results import (DIVERGED, EPOCH, FAILED, NON_METRIC_KEYS, PROBES, STATUS,
                              STOPPED, WORKER_STATUSES)

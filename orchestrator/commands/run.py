@@ -35,7 +35,7 @@ failed (listed), 2 invalid input, 130 interrupted (resumable)
 def add_arguments(parser) -> None:
     from orchestrator.arg_types import (add_quiet_option, add_set_option, non_negative_int,
                                         positive_int)
-    from orchestrator.tune_runner import DEFAULT_MAX_FAILURES
+    from orchestrator.tune_run import DEFAULT_MAX_FAILURES
 
     parser.add_argument("study", metavar="STUDY", help="a study file (search_spaces/*.yaml)")
     add_set_option(parser)

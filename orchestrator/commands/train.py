@@ -205,19 +205,20 @@ def _pick(trials, wanted: str | None):
 def epoch_line(metrics: dict, train) -> str:
     """One human line per epoch: errors in percent, ETA from the progress so far."""
     from search_spaces.plan import format_duration
+    from workers.results import EPOCH, ITERATION
 
     def pct(key: str) -> str:
         return f"{100 * metrics[key]:6.2f}%" if key in metrics else "    -  "
 
     elapsed = metrics.get("elapsed_s", 0.0)
     if train.iterations is not None:
-        done, total = metrics.get("iteration", 0), train.iterations
-        epoch = f"epoch {metrics['epoch']:>3}"
+        done, total = metrics.get(ITERATION, 0), train.iterations
+        epoch = f"epoch {metrics[EPOCH]:>3}"
     else:
-        done, total = metrics.get("epoch", 0), train.epochs
-        epoch = f"epoch {metrics['epoch']:>3}/{total}"
+        done, total = metrics.get(EPOCH, 0), train.epochs
+        epoch = f"epoch {metrics[EPOCH]:>3}/{total}"
     eta = elapsed * (total - done) / done if done else 0.0
-    return (f"{epoch}  it {metrics.get('iteration', 0):>6}  train {pct('train_error')}  "
+    return (f"{epoch}  it {metrics.get(ITERATION, 0):>6}  train {pct('train_error')}  "
             f"val {pct('val_error')}  test {pct('test_error')}  "
             f"loss {metrics.get('train_loss', float('nan')):.4f}  lr {metrics.get('lr', 0):.5f}  "
             f"{metrics.get('images_per_s', 0):8.0f} img/s  elapsed {format_duration(elapsed)}  "
@@ -229,6 +230,7 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     from models.config import ConfigError
+    from workers.results import FINISHED
 
     if args.config and args.study:
         raise ConfigError("give either STUDY or --config, not both")
@@ -280,4 +282,4 @@ def main(args: argparse.Namespace) -> int:
         with open(args.out, "w") as f:
             json.dump({"trial": trial.to_dict(), **result.to_dict()}, f, indent=1)
         print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == FINISHED else 1

@@ -1,15 +1,21 @@
-"""The report's figures of the probes (matplotlib, Agg backend; the style of
+"""The report's views of the probes: the trials' probes.json artifacts as a long table,
+its summaries, and the figures of the probes (matplotlib, Agg backend; the style of
 `analysis.figures`), each as PNG and SVG.
+
+probes.json (written at the end of a trial) holds {LAYER_RESPONSES: {layer: std},
+GRADIENT_NORMS: {block: L2 norm}}, both in network order (input -> output), so the
+position of a key is its layer/block index.
 
 4. layer responses (paper Fig. 7): std of each layer's response, plain vs residual.
 5. gradient flow: per-block gradient norm on a log scale, plain vs residual.
 
-Both read the long table of `analysis.probe_tables`; each `plot_*` returns None when the
-study recorded no probes.
+Both figures read the long table `probe_table`; each `plot_*` returns None when the study
+recorded no probes.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +24,51 @@ from matplotlib.lines import Line2D
 # plt: pyplot with the Agg backend and the rcParams every figure shares.
 from analysis.figures import (MARKERS, FigureFile, depth_colours, integer_ticks, plt,
                               save_figure)
-from analysis.probe_tables import mean_profile
+from analysis.runs import StudyRuns
+
+# The kinds of probe in probes.json (the keys `workers.trial` writes).
+LAYER_RESPONSES = "layer_responses"
+GRADIENT_NORMS = "gradient_norms"
+PROBE_KINDS = (LAYER_RESPONSES, GRADIENT_NORMS)
+
+
+# The long table ---------------------------------------------------------------------------
+
+def probe_table(runs: StudyRuns) -> pd.DataFrame:
+    """One row per (finished trial, probe kind, layer): run_id, cell, label, series, depth,
+    residual, kind, index (0 = nearest the input), layer (name), value."""
+    rows = []
+    for _, trial in runs.done.iterrows():
+        probes = runs.probes(trial["run_id"]) or {}
+        for kind in PROBE_KINDS:
+            for index, (layer, value) in enumerate((probes.get(kind) or {}).items()):
+                if value is None or not math.isfinite(float(value)):
+                    continue
+                rows.append({"run_id": trial["run_id"], "cell": trial["cell"],
+                             "label": trial["label"], "series": trial["series"],
+                             "depth": trial["depth"], "residual": bool(trial["residual"]),
+                             "kind": kind, "index": index, "layer": layer,
+                             "value": float(value)})
+    columns = ["run_id", "cell", "label", "series", "depth", "residual", "kind", "index",
+               "layer", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def mean_profile(probes: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Per cell and layer index: the mean over seeds (seeds of a cell share the layers)."""
+    subset = probes[probes["kind"] == kind]
+    if subset.empty:
+        return subset
+    return (subset.groupby(["cell", "label", "series", "depth", "residual", "index"],
+                           as_index=False, sort=False)["value"].mean())
+
+
+def layer_response_means(probes: pd.DataFrame) -> dict[str, float]:
+    """{cell: mean over layers and seeds of the layer-response std} (the Fig. 7 summary)."""
+    profile = mean_profile(probes, LAYER_RESPONSES)
+    if profile.empty:
+        return {}
+    return profile.groupby("cell")["value"].mean().to_dict()
 
 
 # 4. Layer responses ------------------------------------------------------------------------
@@ -39,7 +89,7 @@ def _profile_styles(profile: pd.DataFrame) -> dict[str, dict]:
 def plot_layer_responses(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
     """Std of each layer's response after BN (paper Fig. 7): in network order (left) and
     sorted by magnitude (right); mean over seeds."""
-    profile = mean_profile(probes, "layer_responses")
+    profile = mean_profile(probes, LAYER_RESPONSES)
     if profile.empty:
         return None
     styles = _profile_styles(profile)
@@ -86,7 +136,7 @@ def _legend_by_depth(ax, profile: pd.DataFrame, styles: dict[str, dict]) -> None
 def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None:
     """Per-block weight-gradient L2 norm (log scale) against block index; plain left,
     residual right, one colour per depth; mean over seeds."""
-    profile = mean_profile(probes, "gradient_norms")
+    profile = mean_profile(probes, GRADIENT_NORMS)
     if profile.empty:
         return None
     profile = profile[profile["value"] > 0]  # log scale
@@ -116,4 +166,5 @@ def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None
                  "Vanishing gradients show as norms falling towards the input (left end).")
 
 
-__all__ = ["plot_layer_responses", "plot_gradient_flow"]
+__all__ = ["GRADIENT_NORMS", "LAYER_RESPONSES", "PROBE_KINDS", "layer_response_means",
+           "mean_profile", "plot_gradient_flow", "plot_layer_responses", "probe_table"]
