@@ -23,8 +23,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from models.config import ConfigError, ModelConfig
-from workers.config import TrainConfig
-from workers.validate import validate_train_config
+from workers.config import TrainConfig, validate_train_config
 
 PAPER_WARMUP_DEPTH = 110        # the paper's rule applies to 110 layers and deeper
 PAPER_WARMUP_LR = 0.01

@@ -41,13 +41,12 @@ from models import build_model, count_macs, count_params, gradient_norms, layer_
 from models.config import ConfigError
 from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpoint,
                                 save_checkpoint)
-from workers.config import TrialConfig
+from workers.config import TrialConfig, data_config_problems, train_config_problems
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
 from workers.results import (DIVERGED, EPOCH, FINISHED, ITERATION, MACS, PARAMS, PROBES,
                              STATUS, ordered)
 from workers.schedule import ErrorWarmup, lr_at
-from workers.validate import data_config_problems, train_config_problems
 
 Report = Callable[[dict, "str | None"], None]
 

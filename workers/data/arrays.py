@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from models.config import ConfigError
-from workers.config import DATASETS, TrialConfig
+from workers.config import DATASETS, TrialConfig, model_data_problems
 from workers.data.base import EVAL_BATCH, Batch, SplitData, count_test_images, split_indices
 from workers.data.datasets import split_sizes
 from workers.data.locate import DataNotFoundError, idx_file, require_dataset
-from workers.validate import model_data_problems
 
 
 # -- reading ------------------------------------------------------------------------------
