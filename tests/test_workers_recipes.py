@@ -10,8 +10,7 @@ import torch
 
 from models.config import ConfigError, ModelConfig
 from workers.config import TrainConfig, validate_train_config
-from workers.recipes import RECIPES, resolve_recipe
-from workers.schedule import ErrorWarmup, lr_at
+from workers.recipes import RECIPES, ErrorWarmup, lr_at, resolve_recipe
 
 
 def test_paper_cifar_has_the_papers_numbers():

@@ -1,7 +1,7 @@
 """`train_trial(config, report, checkpoint_dir=None) -> TrialResult`: one trial, start to end.
 
 The loop, per epoch: shuffled augmented batches from `workers.data`, the lr from
-`workers.schedule.lr_at` (a pure function of the iteration), one `TrainStep` call per
+`workers.recipes.lr_at` (a pure function of the iteration), one `TrainStep` call per
 batch (`workers.engine`), then validation (every epoch, when there is a validation split)
 and test (every `train.eval_every` epochs and after the last), a checkpoint, and one
 `report(metrics, checkpoint_path)` call. After the last epoch: the model probes, the
@@ -44,9 +44,9 @@ from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpo
 from workers.config import TrialConfig, data_config_problems, train_config_problems
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
+from workers.recipes import ErrorWarmup, lr_at
 from workers.results import (DIVERGED, EPOCH, FINISHED, ITERATION, MACS, PARAMS, PROBES,
                              STATUS, ordered)
-from workers.schedule import ErrorWarmup, lr_at
 
 Report = Callable[[dict, "str | None"], None]
 
