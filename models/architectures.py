@@ -2,9 +2,9 @@
 
 One table that the builders (models/blocks.py, models/networks.py) and the validation
 (`validate_model_config` in models/config.py) both read, so a depth the validation
-accepts is exactly a depth the builders can lay out. Like torchvision's ``_resnet(BasicBlock, [2, 2, 2, 2], ...)``
-the depth is data: a family is its stage channels, an ImageNet depth is a block type and
-its blocks per stage.
+accepts is exactly a depth the builders can lay out. Like torchvision's
+``_resnet(BasicBlock, [2, 2, 2, 2], ...)`` the depth is data: a family is its stage
+channels, an ImageNet depth is a block type and its blocks per stage.
 
 Standard library only: models/config.py and the study loader read this without torch.
 """

@@ -1,4 +1,4 @@
-"""`ModelConfig`, `ConfigError`, `setting`, `validate_model_config`: config fields and rules.
+"""`ModelConfig`, `ConfigError`, `setting`, `validate_model_config`: fields and rules.
 
 A config field is declared once, on its frozen dataclass, with `setting(default, doc=...,
 choices=..., ge=..., gt=..., le=..., lt=...)`; its type and whether it may be null come
