@@ -32,7 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 data: setup
-	@$(BIN)/python -m workers.data.fetch fashion-mnist
+	@$(BIN)/python -m workers.data.files fashion-mnist
 
 test: setup data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -23,7 +23,7 @@ from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
 from workers.engine import EagerStep, evaluate, make_train_step
 from workers.graph_step import GraphCaptureWarning, GraphStep
 from workers.memory import estimate_trial_memory
-from workers.schedule import lr_at
+from workers.recipes import lr_at
 from workers.trial import train_trial
 
 

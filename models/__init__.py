@@ -16,13 +16,13 @@ CLI command, also for `resweep --help` - does not pay torch's ~4 s import.
 import importlib
 
 _EXPORTS = {
-    "build_model": "models.build", "count_params": "models.build",
+    "ConfigError": "models.config", "ModelConfig": "models.config",
+    "validate_model_config": "models.config",
+    "build_model": "models.networks", "count_params": "models.networks",
+    "load_torchvision_state_dict": "models.networks",
     "count_macs": "models.complexity", "model_stats": "models.complexity",
-    "ModelStats": "models.complexity", "ModelConfig": "models.config",
-    "ConfigError": "models.config", "gradient_norms": "models.probes",
-    "layer_responses": "models.probes",
-    "load_torchvision_state_dict": "models.torchvision_compat",
-    "validate_model_config": "models.validation",
+    "ModelStats": "models.complexity",
+    "gradient_norms": "models.probes", "layer_responses": "models.probes",
 }
 
 __all__ = sorted(_EXPORTS)

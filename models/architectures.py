@@ -1,12 +1,12 @@
 """The ResNet architecture table: blocks, stage channels, blocks per stage (torch-free).
 
-One table that the builders (models/blocks.py, cifar.py, imagenet.py) and the validation
-(models/validation.py) both read, so a depth the validation accepts is exactly a depth
-the builders can lay out. Like torchvision's ``_resnet(BasicBlock, [2, 2, 2, 2], ...)``
-the depth is data: a family is its stage channels, an ImageNet depth is a block type and
-its blocks per stage.
+One table that the builders (models/blocks.py, models/networks.py) and the validation
+(`validate_model_config` in models/config.py) both read, so a depth the validation
+accepts is exactly a depth the builders can lay out. Like torchvision's
+``_resnet(BasicBlock, [2, 2, 2, 2], ...)`` the depth is data: a family is its stage
+channels, an ImageNet depth is a block type and its blocks per stage.
 
-Standard library only: `validation` and the study loader read this without torch.
+Standard library only: models/config.py and the study loader read this without torch.
 """
 
 from __future__ import annotations

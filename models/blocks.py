@@ -1,25 +1,79 @@
-"""Residual blocks (paper Fig. 5) and the stage builder shared by both conv families.
+"""Residual blocks (paper Fig. 5), shortcut strategies A/B/C, and `make_stage`.
+
+An architecture option is a key into a registry (timm-style "an option picks a
+strategy"): ``block: bottleneck`` picks a block class from `BLOCKS`, ``shortcut: B`` a
+shortcut factory from `SHORTCUTS`. Registering a name twice is a programming error.
 
 Every block computes ``relu(F(x) + shortcut(x))`` when it has a shortcut and
 ``relu(F(x))`` when it is plain (``shortcut=None``). Module names follow torchvision
 (``conv1``, ``bn1``, ...), so torchvision weights load by renaming ``downsample`` only.
 The downsampling stride sits in the (first) 3x3 conv, as in torchvision ("v1.5").
+
+Shortcuts (paper Sec. 3.3 and Table 3). A factory takes ``(in_channels, out_channels,
+stride)`` and returns the module added to the residual branch's output; plain nets get
+none at all.
+
+- "A": identity; where the shape changes, stride-2 subsampling and zero-padded extra
+  channels. No parameters.
+- "B": identity where the shape is unchanged, else a 1x1 conv projection + BN.
+- "C": a 1x1 conv projection + BN on every block.
+
+A projection is ``nn.Sequential(conv1x1, BatchNorm2d)`` so its state-dict keys
+(``shortcut.0.weight``, ``shortcut.1.*``) map one-to-one onto torchvision's
+``downsample.0`` / ``downsample.1``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.architectures import BLOCK_SHAPES
-from models.registry import Registry
+from models.config import ConfigError
+
+T = TypeVar("T")
+
+
+# ---- registries -----------------------------------------------------------------------
+
+class Registry(Generic[T]):
+    """Maps option names to implementations; `kind` names the option in messages."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@BLOCKS.register("basic")``. Raises ValueError on a duplicate."""
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered "
+                                 f"(as {self._items[name]!r})")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise ConfigError(f"model.{self.kind}: got {name!r}; allowed: {self.names()}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
 
 BLOCKS: Registry = Registry("block")
+SHORTCUTS: Registry = Registry("shortcut")
 
 ShortcutFactory = Callable[[int, int, int], nn.Module]
 
+
+# ---- blocks ---------------------------------------------------------------------------
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     # No bias: a BatchNorm follows every conv.
@@ -84,6 +138,60 @@ class Bottleneck(nn.Module):
         return self.relu(_add_shortcut(out, x, self.shortcut))
 
 
+# ---- shortcuts A/B/C ------------------------------------------------------------------
+
+class ZeroPadShortcut(nn.Module):
+    """Option A on a shape change: subsample by `stride`, append zero channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"zero padding cannot shrink channels: {in_channels} -> "
+                             f"{out_channels}")
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W)
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        # F.pad pads the last dims first: (W_left, W_right, H_top, H_bottom, C_front, C_back)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))  # (B, C_out, H/s, W/s)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """1x1 conv (no bias, BN follows) + BN: torchvision's `downsample`."""
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride),
+                         nn.BatchNorm2d(out_channels))
+
+
+def _changes_shape(in_channels: int, out_channels: int, stride: int) -> bool:
+    return stride != 1 or in_channels != out_channels
+
+
+@SHORTCUTS.register("A")
+def zero_pad_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    if _changes_shape(in_channels, out_channels, stride):
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    return nn.Identity()
+
+
+@SHORTCUTS.register("B")
+def projection_where_needed(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    if _changes_shape(in_channels, out_channels, stride):
+        return projection(in_channels, out_channels, stride)
+    return nn.Identity()
+
+
+@SHORTCUTS.register("C")
+def projection_everywhere(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    return projection(in_channels, out_channels, stride)
+
+
+# ---- stages ---------------------------------------------------------------------------
+
 def make_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks: int,
                stride: int, shortcut: ShortcutFactory | None) -> tuple[nn.Sequential, int]:
     """`num_blocks` blocks, the first with `stride`; returns (stage, output channels).
@@ -98,34 +206,3 @@ def make_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks
         blocks.append(block(block_in, planes, block_stride, sc))
     return nn.Sequential(*blocks), out_channels
 
-
-def network_units(model: nn.Module,
-                  stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """[("conv1", stem conv), ("layer1.0", block), ..., ("fc", classifier)] in order."""
-    units: list[tuple[str, nn.Module]] = [("conv1", model.conv1)]
-    for stage_name in stage_names:
-        for i, block in enumerate(getattr(model, stage_name)):
-            units.append((f"{stage_name}.{i}", block))
-    units.append(("fc", model.fc))
-    return units
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channels times the width multiplier, rounded (validation keeps it >= 1)."""
-    return int(round(channels * width))
-
-
-def init_conv_net(model: nn.Module) -> None:
-    """He init for convs (torchvision's choice: fan_out, ReLU); BN to identity.
-
-    Skipped on the meta device: there is no data to fill, and meta-device random fills
-    are slow (study expansion builds every trial's model there).
-    """
-    if any(p.is_meta for p in model.parameters()):
-        return
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

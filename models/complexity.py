@@ -54,7 +54,7 @@ def model_stats(cfg: ModelConfig, cache: dict | None = None) -> ModelStats | Con
 def _model_stats(cfg: ModelConfig) -> ModelStats | ConfigError:
     import torch
 
-    from models.build import build_model, count_params
+    from models.networks import build_model, count_params
 
     try:
         with torch.device("meta"):
@@ -114,7 +114,7 @@ def count_macs(cfg: ModelConfig, paper_stride: bool = False) -> int:
     """
     import torch
 
-    from models.build import build_model
+    from models.networks import build_model
 
     with torch.device("meta"):
         model = build_model(cfg)

@@ -26,8 +26,7 @@ import random
 from typing import Any
 
 from models.complexity import model_stats
-from models.config import ConfigError
-from models.validation import validate_model_config
+from models.config import ConfigError, validate_model_config
 from search_spaces.expand import Resolver, excluded_by, format_value, trial_name
 from search_spaces.loading import Problem, format_path
 from search_spaces.schema import ChoiceDistribution, IntDistribution, StudySpec

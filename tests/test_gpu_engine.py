@@ -23,7 +23,7 @@ from workers.engine import EagerStep, make_train_step
 from workers.graph_step import GraphCaptureWarning, GraphStep, _restore, _snapshot
 from workers.memory import (CUDA_CONTEXT_BYTES, GIB, GpuMemoryWarning, check_gpu_packing,
                             dataset_bytes, estimate_trial_memory, trials_per_gpu)
-from workers.schedule import lr_at
+from workers.recipes import lr_at
 from workers.trial import train_trial
 
 torch.set_num_threads(1)

@@ -98,7 +98,7 @@ def imagenet_cfg(depth: int, **fields) -> ModelConfig:
 def test_imagenet_b_matches_torchvision_parameters_and_keys(depth):
     import torchvision
 
-    from models.torchvision_compat import convert_torchvision_state_dict
+    from models.networks import convert_torchvision_state_dict
 
     with torch.device("meta"):
         ours = build_model(imagenet_cfg(depth))
@@ -299,8 +299,7 @@ def test_invalid_config_names_field_value_and_rule(fields, field, value, allowed
 
 def test_registries_reject_duplicates_and_list_options():
     from models import config
-    from models.blocks import BLOCKS
-    from models.shortcuts import SHORTCUTS
+    from models.blocks import BLOCKS, SHORTCUTS
 
     # The registries (torch) implement exactly the names the configs accept (stdlib).
     assert BLOCKS.names() == list(config.BLOCKS) == ["basic", "bottleneck"]
@@ -312,7 +311,7 @@ def test_registries_reject_duplicates_and_list_options():
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
-    from models.shortcuts import SHORTCUTS
+    from models.blocks import SHORTCUTS
 
     shortcut = SHORTCUTS.get("A")(16, 32, 2)
     x = torch.randn(2, 16, 8, 8)

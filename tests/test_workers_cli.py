@@ -1,4 +1,4 @@
-"""`resweep train` (through the real CLI entry point) and `python -m workers.data.fetch`."""
+"""`resweep train` (through the real CLI entry point) and `python -m workers.data.files`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from models.config import ModelConfig
 from orchestrator.cli import main as resweep
 from workers.config import DataConfig, TrainConfig, TrialConfig
-from workers.data.fetch import main as fetch_main
-from workers.data.locate import find_dataset
+from workers.data.files import find_dataset, main as fetch_main
 
 QUICK_STUDY = "search_spaces/degradation-quick.yaml"
 SHRINK = ["--set", "data.train_size=256", "--set", "data.val_size=100",
@@ -70,7 +69,7 @@ def test_train_input_errors_exit_2_with_a_message(tmp_path, capsys):
     missing = tmp_path / "no-data"
     assert resweep(["train", "--config", _trial_json(tmp_path, root=str(missing))]) == 2
     err = capsys.readouterr().err
-    assert f"looked in: {missing}" in err and "workers.data.fetch fashion-mnist" in err
+    assert f"looked in: {missing}" in err and "workers.data.files fashion-mnist" in err
 
 
 def test_train_help_explains_the_ways_to_pick_a_trial(capsys):
@@ -97,7 +96,7 @@ def test_fetch_finds_fashion_mnist_and_prints_where(tmp_path, monkeypatch, capsy
 
 
 def test_fetch_as_a_module_prints_the_directory():
-    done = subprocess.run([sys.executable, "-m", "workers.data.fetch", "fashion-mnist"],
+    done = subprocess.run([sys.executable, "-m", "workers.data.files", "fashion-mnist"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().endswith(("fashion-mnist", "raw"))
 

@@ -17,7 +17,7 @@ from workers.config import DataConfig, TrialConfig
 from workers.data import load_data, split_indices
 from workers.data.arrays import Normalize, channel_stats, random_crop_flip, read_fashion_mnist
 from workers.data.datasets import DATASET_FACTS, split_sizes
-from workers.data.locate import DataNotFoundError, find_dataset
+from workers.data.files import DataNotFoundError, find_dataset
 
 FMNIST_MODEL = ModelConfig(depth=8, width=0.5, in_channels=1, image_size=28)
 CIFAR_MODEL = ModelConfig(depth=8, width=0.5, in_channels=3, image_size=32)
@@ -229,7 +229,7 @@ def test_missing_data_names_where_it_looked_and_how_to_get_it(tmp_path, monkeypa
     assert isinstance(err.value, ConfigError)
     with pytest.raises(DataNotFoundError) as err:
         load_data(trial(DataConfig(root=str(tmp_path))), CPU)
-    assert str(tmp_path) in str(err.value) and "python -m workers.data.fetch fashion-mnist" in str(err.value)
+    assert str(tmp_path) in str(err.value) and "python -m workers.data.files fashion-mnist" in str(err.value)
 
 
 def test_fashion_mnist_found_in_resweep_data_in_torchvision_layout(tmp_path, monkeypatch):

@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from models.config import ConfigError, ModelConfig
-from workers.config import TrainConfig
-from workers.recipes import RECIPES, resolve_recipe
-from workers.schedule import ErrorWarmup, lr_at
-from workers.validate import validate_train_config
+from workers.config import TrainConfig, validate_train_config
+from workers.recipes import RECIPES, ErrorWarmup, lr_at, resolve_recipe
 
 
 def test_paper_cifar_has_the_papers_numbers():

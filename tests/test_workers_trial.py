@@ -10,9 +10,8 @@ import torch
 
 from models import build_model, count_params
 from models.config import ModelConfig
-from workers.checkpoint import CheckpointWarning
 from workers.config import DataConfig, TrainConfig, TrialConfig
-from workers.trial import train_trial
+from workers.trial import CheckpointWarning, train_trial
 
 EPOCH_KEYS = {"epoch", "iteration", "lr", "train_loss", "train_error", "val_loss", "val_error",
               "images_per_s", "elapsed_s"}

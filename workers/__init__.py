@@ -5,7 +5,7 @@ Public API::
     train_trial(config, report, checkpoint_dir=None) -> TrialResult     (workers.trial)
     RECIPES, resolve_recipe(name, overrides, model=None) -> TrainConfig  (workers.recipes)
     load_data(config, device) -> TrialData                              (workers.data)
-    python -m workers.data.fetch fashion-mnist                           (workers.data.fetch)
+    python -m workers.data.files fashion-mnist                           (workers.data.files)
 
 `workers` never imports ray, mlflow or optuna (tests/test_layering.py), so one trial runs
 on a machine that has only torch. Exports are resolved lazily to keep `import workers` light.

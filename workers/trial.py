@@ -1,7 +1,7 @@
 """`train_trial(config, report, checkpoint_dir=None) -> TrialResult`: one trial, start to end.
 
 The loop, per epoch: shuffled augmented batches from `workers.data`, the lr from
-`workers.schedule.lr_at` (a pure function of the iteration), one `TrainStep` call per
+`workers.recipes.lr_at` (a pure function of the iteration), one `TrainStep` call per
 batch (`workers.engine`), then validation (every epoch, when there is a validation split)
 and test (every `train.eval_every` epochs and after the last), a checkpoint, and one
 `report(metrics, checkpoint_path)` call. After the last epoch: the model probes, the
@@ -22,16 +22,30 @@ Faults: a non-finite training loss ends the trial with status "diverged" (no exc
 the epoch it happened in is reported with its train metrics. Other exceptions propagate
 to the caller (Ray retries them; `resweep train` shows them); invalid settings and missing
 data raise `ConfigError` before training starts.
+
+Checkpoints, at each epoch end: one file, `<checkpoint_dir>/checkpoint.pt`, written
+atomically. It holds everything a resumed trial needs to continue exactly like an
+uninterrupted one: model and optimizer state, the data generator (shuffling +
+augmentation), torch's global RNG states, the warm-up state (the lr itself is a function
+of the iteration), epoch, iteration, elapsed time and the metrics history.
+
+Writing goes to a temporary file in the same directory, is flushed to disk, then
+`os.replace`d over the old one, so a crash mid-write leaves the previous checkpoint
+intact. A checkpoint that cannot be read, or belongs to another trial, is reported with
+a warning, set aside as `checkpoint.pt.corrupt`, and the trial starts from scratch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -39,20 +53,19 @@ import torch
 
 from models import build_model, count_macs, count_params, gradient_norms, layer_responses
 from models.config import ConfigError
-from workers.checkpoint import (CheckpointWarning, checkpoint_file, load_checkpoint,
-                                save_checkpoint)
-from workers.config import TrialConfig
+from workers.config import TrialConfig, data_config_problems, train_config_problems
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
+from workers.recipes import ErrorWarmup, lr_at
 from workers.results import (DIVERGED, EPOCH, FINISHED, ITERATION, MACS, PARAMS, PROBES,
                              STATUS, ordered)
-from workers.schedule import ErrorWarmup, lr_at
-from workers.validate import data_config_problems, train_config_problems
 
 Report = Callable[[dict, "str | None"], None]
 
 PROBE_IMAGES = 256
 DIVERGENCE_CHECK_EVERY = 50   # steps between host reads of the running loss
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1            # of the checkpoint file
 
 
 @dataclass
@@ -99,6 +112,61 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+
+# ---- the checkpoint file --------------------------------------------------------------
+
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint was found but not used; the trial restarts from scratch."""
+
+
+def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
+    return Path(checkpoint_dir) / CHECKPOINT_NAME
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically (temp file + fsync + os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _set_aside(path: Path, reason: str) -> None:
+    warnings.warn(f"checkpoint {path}: {reason}; the trial starts from scratch "
+                  f"(the file is kept as {path.name}.corrupt)", CheckpointWarning, stacklevel=3)
+    try:
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: Path, trial_id: str) -> dict[str, Any] | None:
+    """The saved state of trial `trial_id`, or None when there is none to resume from."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, garbage, wrong pickle: all mean "cannot resume"
+        _set_aside(path, f"unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        _set_aside(path, "not a resweep checkpoint of format "
+                         f"{FORMAT_VERSION}")
+        return None
+    if state.get("trial_id") != trial_id:
+        _set_aside(path, f"belongs to trial {state.get('trial_id')!r}, not {trial_id!r}")
+        return None
+    return state
+
+
+# ---- the trial ------------------------------------------------------------------------
 
 class _Trial:
     """One trial's objects and its loop (private: the API is `train_trial`)."""

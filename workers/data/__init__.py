@@ -5,8 +5,8 @@
 Modules, low to high (none imports one below it in this list):
 
     datasets  the dataset facts: shapes, classes, split sizes (stdlib only, for the planner)
-    locate    where data sets live on disk; DataNotFoundError says how to get a missing one
-    fetch     `python -m workers.data.fetch DATASET` (`make data`): install or download
+    files     where data sets live on disk, DataNotFoundError (how to get a missing one),
+              and `python -m workers.data.files DATASET` (`make data`): install or download
     base      the TrialData interface, Batch, split_indices (the validation hold-out)
     arrays    fashion-mnist, cifar10/100, synthetic: read into memory, batched and
               augmented on the device (DeviceData)
@@ -31,7 +31,7 @@ _EXPORTS = {
     "Batch": "workers.data.base", "EVAL_BATCH": "workers.data.base",
     "TrialData": "workers.data.base", "split_indices": "workers.data.base",
     "DeviceData": "workers.data.arrays", "FolderData": "workers.data.folders",
-    "DataNotFoundError": "workers.data.locate", "find_dataset": "workers.data.locate",
+    "DataNotFoundError": "workers.data.files", "find_dataset": "workers.data.files",
     "DATASET_FACTS": "workers.data.datasets", "split_sizes": "workers.data.datasets",
 }
 

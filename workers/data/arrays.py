@@ -8,7 +8,7 @@ images actually used (see `workers.data.base` for how the splits are taken).
 Reading. No torchvision dataset objects: the idx and pickle formats are simple, and
 reading them directly is fast (Fashion-MNIST's 60k training images load in well under a
 second). With `data.download`, a missing fashion-mnist/cifar set is first downloaded with
-torchvision (`workers.data.fetch`, network needed).
+torchvision (`workers.data.files`, network needed).
 
 Augmentation, the paper's CIFAR recipe (Sec. 4.2): pad 4 pixels on each side, take a
 random crop of the original size, flip horizontally with probability 1/2. Every image of
@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from models.config import ConfigError
-from workers.config import DATASETS, TrialConfig
+from workers.config import DATASETS, TrialConfig, model_data_problems
 from workers.data.base import EVAL_BATCH, Batch, SplitData, count_test_images, split_indices
 from workers.data.datasets import split_sizes
-from workers.data.locate import DataNotFoundError, idx_file, require_dataset
-from workers.validate import model_data_problems
+from workers.data.files import DataNotFoundError, idx_file, require_dataset
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -255,7 +254,7 @@ def read_arrays(config: TrialConfig) -> ImageArrays:
     except DataNotFoundError:
         if not config.data.download:
             raise
-        from workers.data.fetch import download  # torchvision only when needed
+        from workers.data.files import download  # torchvision only when needed
         if not download(config.data.dataset, config.data.root):
             raise
         return _read_arrays(config)

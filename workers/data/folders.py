@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 from models.config import ConfigError
 from workers.config import TrialConfig
 from workers.data.base import EVAL_BATCH, Batch, SplitData, count_test_images, split_indices
-from workers.data.locate import require_dataset
+from workers.data.files import require_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
