@@ -28,9 +28,9 @@ from models.config import ConfigError, ModelConfig
 from search_spaces.loading import Problem, format_path
 from search_spaces.schema import StudySpec
 from search_spaces.validate import ParamKey, coerce_value, is_list_field, parse_key
-from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
+from workers.config import (DataConfig, Resources, TrainConfig, TrialConfig, data_config_problems,
+                            model_data_problems)
 from workers.data.datasets import DATASET_FACTS
-from workers.config import model_data_problems
 
 # Raw grids this many times over max_trials are refused before cells are even listed.
 _HOPELESS_FACTOR = 50
@@ -91,8 +91,6 @@ class Resolver:
 
     def resolve(self, cell: Cell, seed: int, name: str = "") -> tuple[TrialConfig, ModelConfig]:
         """(trial with normalised model, the model as written) for one cell and seed."""
-        from workers.config import data_config_problems
-
         model, data, train, recipe = self.values(cell)
         raw_model = ModelConfig(**model)
         problems = data_config_problems(DataConfig(**data)) + \
