@@ -25,11 +25,8 @@ from matplotlib.lines import Line2D
 from analysis.figures import (MARKERS, FigureFile, depth_colours, integer_ticks, plt,
                               save_figure)
 from analysis.runs import StudyRuns
-
-# The kinds of probe in probes.json (the keys `workers.trial` writes).
-LAYER_RESPONSES = "layer_responses"
-GRADIENT_NORMS = "gradient_norms"
-PROBE_KINDS = (LAYER_RESPONSES, GRADIENT_NORMS)
+# The kinds of probe in probes.json, as `workers.trial` writes them.
+from workers.results import GRADIENT_NORMS, LAYER_RESPONSES, PROBE_KINDS
 
 
 # The long table ---------------------------------------------------------------------------
@@ -166,5 +163,5 @@ def plot_gradient_flow(probes: pd.DataFrame, out_dir: Path) -> FigureFile | None
                  "Vanishing gradients show as norms falling towards the input (left end).")
 
 
-__all__ = ["GRADIENT_NORMS", "LAYER_RESPONSES", "PROBE_KINDS", "layer_response_means",
-           "mean_profile", "plot_gradient_flow", "plot_layer_responses", "probe_table"]
+__all__ = ["layer_response_means", "mean_profile", "plot_gradient_flow", "plot_layer_responses",
+           "probe_table"]

@@ -30,7 +30,11 @@ OBJECTIVE_METRICS = ("val_error", "val_loss", "train_error", "train_loss", "test
 STATUS = "status"          # FINISHED or DIVERGED (WORKER_STATUSES)
 PARAMS = "params"          # trainable parameters of the network (a scalar metric)
 MACS = "macs"              # forward multiply-accumulates per image (a scalar metric)
-PROBES = "probes"          # {"layer_responses": {layer: std}, "gradient_norms": {block: norm}}
+PROBES = "probes"          # {LAYER_RESPONSES: {layer: std}, GRADIENT_NORMS: {block: norm}}
+# The probe kinds, each a mapping in network order (input -> output); also probes.json.
+LAYER_RESPONSES = "layer_responses"  # std of each conv output after BN (paper Fig. 7)
+GRADIENT_NORMS = "gradient_norms"    # L2 norm of each block's weight gradients
+PROBE_KINDS = (LAYER_RESPONSES, GRADIENT_NORMS)
 FINAL_KEYS = (STATUS, PARAMS, MACS, PROBES)
 # Report keys that are not per-epoch scalars: the driver handles them on their own.
 NON_METRIC_KEYS = frozenset({STATUS, PROBES})

@@ -57,8 +57,9 @@ from workers.config import TrialConfig, data_config_problems, train_config_probl
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
 from workers.recipes import ErrorWarmup, lr_at
-from workers.results import (DIVERGED, EPOCH, FINISHED, ITERATION, MACS, PARAMS, PROBES,
-                             STATUS, ordered)
+from workers.results import (DIVERGED, EPOCH, FINISHED, GRADIENT_NORMS, ITERATION,
+                             LAYER_RESPONSES, MACS, PARAMS, PROBE_KINDS, PROBES, STATUS,
+                             ordered)
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -272,16 +273,16 @@ class _Trial:
 
     def _probes(self, diverged: bool) -> dict[str, dict[str, float]]:
         if not self.train.probes:
-            return {"layer_responses": {}, "gradient_norms": {}}
+            return {kind: {} for kind in PROBE_KINDS}
         images, labels = self.data.probe_batch(PROBE_IMAGES)
         try:
-            return {"layer_responses": layer_responses(self.model, images),
-                    "gradient_norms": gradient_norms(self.model, images, labels)}
+            return {LAYER_RESPONSES: layer_responses(self.model, images),
+                    GRADIENT_NORMS: gradient_norms(self.model, images, labels)}
         except Exception as err:  # a NaN model may break a probe; the trial still ends cleanly
             if not diverged:
                 raise
             warnings.warn(f"probes skipped on the diverged model: {err}", RuntimeWarning)
-            return {"layer_responses": {}, "gradient_norms": {}}
+            return {kind: {} for kind in PROBE_KINDS}
 
     def run(self) -> TrialResult:
         p = self.progress
