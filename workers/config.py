@@ -17,6 +17,7 @@ allowed. `search_spaces` calls these at load time, the worker again before it st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -150,9 +151,13 @@ class TrialConfig:
     resources: Resources = field(default_factory=Resources)
     study: str = "adhoc"
 
-    @property
+    @functools.cached_property
     def trial_id(self) -> str:
-        """12 hex digits of SHA-256 over the canonical JSON of model, data, train, seed."""
+        """12 hex digits of SHA-256 over the canonical JSON of model, data, train, seed.
+
+        Computed once per instance (the config is frozen, so it cannot go stale;
+        cached_property writes the instance's __dict__, which frozen allows, and neither
+        equality, repr nor `to_dict` sees the cache)."""
         train = {k: v for k, v in self.train.to_dict().items() if k not in _NOT_HASHED_TRAIN}
         content = {"model": self.model.to_dict(), "data": self.data.to_dict(),
                    "train": train, "seed": self.seed}
