@@ -255,14 +255,16 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict) -> str:
-    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed."""
+def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict,
+               seed: int | None = None) -> str:
+    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed (`seed`,
+    else the trial's)."""
     parts = [model_name(trial.model)]
     for key in varied:
         if key.section == "model" and key.field in _MODEL_NAME_FIELDS:
             continue
         parts.append(f"{key.short}{format_value(cell_values.get(key.dotted))}")
-    parts.append(f"s{trial.seed}")
+    parts.append(f"s{trial.seed if seed is None else seed}")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
 
 
@@ -353,8 +355,7 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
         values = {k.dotted: coerce_value(k, v) for k, v in cell.items()}
         cell_text = {k.text: coerce_value(k, v) for k, v in cell.items()}
         for seed in seeds:
-            trial = base.replace(seed=seed)
-            named.append(trial.replace(name=trial_name(trial, varied, values)))
+            named.append(base.replace(seed=seed, name=trial_name(base, varied, values, seed)))
             out.cells.append(dict(cell_text))
     out.trials = unique_names(named)
     return out

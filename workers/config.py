@@ -159,12 +159,23 @@ class TrialConfig:
         Computed once per instance (the config is frozen, so it cannot go stale;
         cached_property writes the instance's __dict__, which frozen allows, and neither
         equality, repr nor `to_dict` sees the cache)."""
+        before, after = self._hashed_json
+        seed = repr(self.seed) if type(self.seed) is int else json.dumps(self.seed)
+        blob = before + seed + after
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @functools.cached_property
+    def _hashed_json(self) -> tuple[str, str]:
+        """What `trial_id` hashes, before and after the seed's value: the canonical JSON
+        ``json.dumps({"model": ..., "data": ..., "train": ..., "seed": S},
+        sort_keys=True, separators=(",", ":"))`` is exactly ``before + json.dumps(S) +
+        after`` (sorted keys: data, model, seed, train). `replace` hands it on to a
+        trial that differs only in the seed, so the seeds of a cell encode it once."""
         train = {k: v for k, v in plain_dict(self.train).items()
                  if k not in _NOT_HASHED_TRAIN}
-        content = {"model": plain_dict(self.model), "data": plain_dict(self.data),
-                   "train": train, "seed": self.seed}
-        blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return (f'{{"data":{_canonical(plain_dict(self.data))},'
+                f'"model":{_canonical(plain_dict(self.model))},"seed":',
+                f',"train":{_canonical(train)}}}')
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "study": self.study, "seed": self.seed,
@@ -184,7 +195,20 @@ class TrialConfig:
                    resources=Resources.from_dict(data.get("resources", {})))
 
     def replace(self, **changes: Any) -> "TrialConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`. What the id is computed from is handed on when the
+        changes leave it alone: all of it for a new name, resources or study; all but the
+        seed for a new seed (a planner makes 10,000 trials from 1,000 cells this way)."""
+        new = dataclasses.replace(self, **changes)
+        if not changes.keys() & {"model", "data", "train"}:
+            carried = ("_hashed_json",) if "seed" in changes else ("_hashed_json", "trial_id")
+            for key in carried:
+                if key in self.__dict__:
+                    new.__dict__[key] = self.__dict__[key]
+        return new
+
+
+def _canonical(content: dict[str, Any]) -> str:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"))
 
 
 def plain_dict(config: Any) -> dict[str, Any]:
