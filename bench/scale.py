@@ -18,6 +18,7 @@ Sections (`--sections`, default all that exist):
 
     python bench/scale.py                       # every section
     python bench/scale.py --sections plan --repeats 5
+    python bench/scale.py --sections plan --baseline ../main   # before/after
 
 Nothing here is a timed test: the machine's load changes the numbers (reported as
 `load_average` before and after).
@@ -45,28 +46,42 @@ RESWEEP = [sys.executable, "-c", "import sys; from orchestrator.cli import main;
 
 # ---- shared helpers -------------------------------------------------------------------
 
-def run_measured(argv: list[str], cwd: Path) -> dict:
-    """Run `resweep ARGV` in a child process: wall seconds, peak RSS (MB) of that child
-    alone (os.wait4's rusage, kilobytes on Linux), exit status; stdout is discarded."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CI": "true"}
+def run_measured(argv: list[str], cwd: Path, checkout: Path = REPO,
+                 timeout: float | None = None) -> dict:
+    """Run `resweep ARGV` (from `checkout`) in a child process: wall seconds and peak RSS
+    (MB) of that child alone (os.wait4's rusage, kilobytes on Linux); stdout is
+    discarded. Past `timeout` seconds the child is killed: {"timed_out_after_s": ...}."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "CI": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.perf_counter()
-    proc = subprocess.Popen(RESWEEP + argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"resweep {' '.join(argv)} exited {proc.returncode}:\n{err}")
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(RESWEEP + argv, cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        while True:   # reap it ourselves: wait4 gives this child's own rusage
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - started > timeout:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                return {"timed_out_after_s": timeout}
+            time.sleep(0.002)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"resweep {' '.join(argv)} exited {proc.returncode}:\n"
+                             + stderr.read().decode(errors="replace"))
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def summarise(runs: list[dict]) -> dict:
-    return {"seconds": round(statistics.median(r["seconds"] for r in runs), 3),
-            "seconds_min": round(min(r["seconds"] for r in runs), 3),
-            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+    done = [r for r in runs if "seconds" in r]
+    if not done:
+        return {"timed_out_after_s": runs[0]["timed_out_after_s"], "runs": len(runs)}
+    return {"seconds": round(statistics.median(r["seconds"] for r in done), 3),
+            "seconds_min": round(min(r["seconds"] for r in done), 3),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in done), 1),
             "runs": len(runs)}
 
 
@@ -104,6 +119,16 @@ def one_trial_study(folder: Path) -> tuple[Path, int]:
 
 
 def plan_section(args) -> dict:
+    """This checkout's plan times (and, with --baseline PATH, another checkout's, e.g.
+    main before the change, with --baseline-timeout per run)."""
+    out: dict = {"this_checkout": _plan_times(REPO, args.repeats, None)}
+    if args.baseline:
+        out["baseline"] = {"checkout": str(args.baseline),
+                           **_plan_times(Path(args.baseline), 1, args.baseline_timeout)}
+    return out
+
+
+def _plan_times(checkout: Path, repeats: int, timeout: float | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="resweep-scale-") as tmp:
         folder = Path(tmp)
         studies = {"1": one_trial_study(folder), "10000": grid_study(folder)}
@@ -111,22 +136,22 @@ def plan_section(args) -> dict:
                     "run_dry_run": lambda p: ["run", str(p), "--dry-run"]}
         runs: dict[tuple[str, str], list[dict]] = {}
         for command, argv in commands.items():
-            for size, (path, _) in studies.items():
-                run_measured(argv(path), folder)               # warm-up (calibration)
-            for _ in range(args.repeats):                       # in turns: same load
+            run_measured(argv(studies["1"][0]), folder, checkout)   # warm-up: calibration
+            for _ in range(repeats):                                # in turns: same load
                 for size, (path, _) in studies.items():
                     runs.setdefault((command, size), []).append(
-                        run_measured(argv(path), folder))
+                        run_measured(argv(path), folder, checkout, timeout))
     out: dict = {"studies": {size: {"trials": trials} for size, (_, trials) in
                              studies.items()}}
     for command in commands:
         one, big = summarise(runs[(command, "1")]), summarise(runs[(command, "10000")])
-        out[command] = {
-            "1_trial": one, "10000_trials": big,
-            "ratio_10000_to_1": round(big["seconds"] / one["seconds"], 2),
-            "targets_met": {"seconds<=3": big["seconds"] <= 3.0,
-                            "ratio<=2": big["seconds"] <= 2 * one["seconds"],
-                            "peak_rss<=500MB": big["peak_rss_mb"] <= 500}}
+        out[command] = {"1_trial": one, "10000_trials": big}
+        if "seconds" in big and "seconds" in one:
+            out[command]["ratio_10000_to_1"] = round(big["seconds"] / one["seconds"], 2)
+            out[command]["targets_met"] = {
+                "seconds<=3": big["seconds"] <= 3.0,
+                "ratio<=2": big["seconds"] <= 2 * one["seconds"],
+                "peak_rss<=500MB": big["peak_rss_mb"] <= 500}
     return out
 
 
@@ -145,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(SECTIONS), help="what to measure (default: all)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="measured runs of each command (the median is reported)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="plan: also time another checkout (e.g. /work/main), once")
+    parser.add_argument("--baseline-timeout", type=float, default=120.0, metavar="S",
+                        help="plan: kill a baseline run after S seconds (default 120)")
     args = parser.parse_args(argv)
     result: dict = {"load_average_before": [round(x, 2) for x in os.getloadavg()],
                     "cpus": os.cpu_count(), "python": sys.version.split()[0]}
