@@ -1,22 +1,21 @@
 """Expansion: a validated study -> the list of fully resolved `TrialConfig`s.
 
 Steps, in order (the work grows with the cells, not with cells x seeds):
-0. the cap by arithmetic, before anything is listed: a grid whose space sizes x seeds
-   (an upper bound: before constraints and merging) exceed `_HOPELESS_FACTOR` x
-   max_trials is refused at once;
+0. the cap by arithmetic: a grid whose space sizes x seeds (an upper bound, before
+   constraints and merging) exceed `_HOPELESS_FACTOR` x max_trials is refused at once;
 1. cells: grid = cartesian product of `space` (first key slowest); ablation = the
    baseline, then each `vary` key's values one at a time (a value equal to the baseline's
    is the baseline and is not repeated);
 2. constraints drop cells (`skip`, `require`), judged on the cell's full set of values
    (varied, fixed in the file, and defaults);
 3. each kept cell is resolved once, at the first seed: ModelConfig (input shape and
-   classes filled in from `workers.data.datasets`; a plain net's shortcut normalised to
-   "A"), DataConfig, TrainConfig (`workers.recipes.resolve_recipe`);
-4. cells with the same `trial_id` merge (a plain net across shortcut options is one), and
+   classes from `workers.data.datasets`; a plain net's shortcut normalised to "A"),
+   DataConfig, TrainConfig (`workers.recipes.resolve_recipe`);
+4. cells with the same `trial_id` merge (a plain net across shortcut options is one);
    the exact count, merged cells x distinct seeds, is checked against max_trials;
 5. every distinct model is checked and counted once (`models.complexity.model_stats`:
-   the architecture rules and closed-form parameters and MACs, no network is built), so
-   an impossible architecture fails here, and its counts are kept for `resweep plan`;
+   architecture rules, closed-form parameters and MACs; nothing is built): an impossible
+   architecture fails here, and the counts are kept for `resweep plan`;
 6. only then is each merged cell repeated over the seeds, and the trials are named.
 """
 
@@ -54,8 +53,7 @@ class Expansion:
     _cells_by_id: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
 
     def cell_values(self, trial_id: str) -> dict[str, Any]:
-        """The varied values of the trial `trial_id` ({} for none); one dict lookup (the
-        index is built on the first call, once `trials` and `cells` are final)."""
+        """The varied values of the trial `trial_id` ({} for none), by an index."""
         if self._cells_by_id is None:
             self._cells_by_id = {}
             for trial, values in zip(self.trials, self.cells):
@@ -285,8 +283,8 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
     resolver = Resolver(spec, locations)
     # Seeds are counted, not listed, until the exact count below is within max_trials.
     n_seeds = len(set(spec.seeds)) if spec.seeds is not None else spec.repeats
+    sizes = [len(v) for v in spec.space.values()] if spec.design == "grid" else []
     if spec.design == "grid":
-        sizes = [len(v) for v in spec.space.values()]
         raw = math.prod(sizes) * n_seeds   # an upper bound: before constraints and merging
         if raw > spec.max_trials * _HOPELESS_FACTOR:
             out.problems.append(_over_cap(locations, spec, raw, sizes, n_seeds))
@@ -296,14 +294,11 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
         cells, origin, varied_names = ablation_cells(spec, keys), "vary", list(spec.vary)
     varied = [keys[n] for n in varied_names]
 
-    # One trial per kept cell at the first seed; cells whose trials are equal merge here
-    # (a plain net across shortcut options). Every seed multiplies the merged cells alike
-    # (a trial_id covers the seed), so the exact count is known before any seed's trial
-    # exists: merged cells x distinct seeds.
+    # One trial per kept cell at the first seed, merged by trial_id. A trial_id covers the
+    # seed, so every seed multiplies the merged cells alike: merged cells x seeds.
     first_seed = spec.seeds[0] if spec.seeds is not None else 0
     bases: dict[str, tuple[TrialConfig, Cell]] = {}
     seen_errors: set[str] = set()
-    kept_any = False
     for index, cell in enumerate(cells):
         try:
             base, raw_model = resolver.resolve(cell, first_seed)
@@ -322,11 +317,10 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
                                             "excludes; the baseline must be a valid cell"))
                 return out
             continue
-        kept_any = True
         bases.setdefault(base.trial_id, (base, cell))
     if out.problems:
         return out
-    if not kept_any:
+    if not bases:
         out.problems.append(Problem(locations.where(("constraints",)), "constraints",
                                     f"got rules that exclude all {len(cells)} cells; "
                                     "at least one trial must remain"))
@@ -334,13 +328,10 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
 
     count = len(bases) * n_seeds
     if count > spec.max_trials:
-        sizes = [len(v) for v in spec.space.values()] if spec.design == "grid" else []
         out.problems.append(_over_cap(locations, spec, count, sizes, n_seeds,
                                       after_rules=True))
         return out
 
-    # Once per distinct network: the architecture rules (closed form, no build) and the
-    # parameters and MACs `resweep plan` shows.
     for trial, cell in bases.values():
         stats = model_stats(trial.model, out.stats)
         if isinstance(stats, ConfigError):
