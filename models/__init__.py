@@ -3,8 +3,9 @@
 Public API::
 
     build_model(cfg) -> nn.Module        validate_model_config(cfg)
-    model_stats(cfg) -> ModelStats       (params and MACs, cached per distinct config)
-    count_params(model) -> int           count_macs(cfg) -> int
+    model_stats(cfg) -> ModelStats       (params and MACs in closed form, torch-free)
+    count_params(model) -> int           count_macs(cfg) -> int   (counted on meta)
+    measured_model_stats(cfg)            (model_stats by a meta-device build: the reference)
     layer_responses(model, inputs)       gradient_norms(model, inputs, targets)
     load_torchvision_state_dict(model, sd)
 
@@ -21,7 +22,7 @@ _EXPORTS = {
     "build_model": "models.networks", "count_params": "models.networks",
     "load_torchvision_state_dict": "models.networks",
     "count_macs": "models.complexity", "model_stats": "models.complexity",
-    "ModelStats": "models.complexity",
+    "ModelStats": "models.complexity", "measured_model_stats": "models.complexity",
     "gradient_norms": "models.probes", "layer_responses": "models.probes",
 }
 

@@ -37,6 +37,12 @@ IMAGENET_LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                     152: ("bottleneck", (3, 8, 36, 3))}
 
 
+def scaled(channels: int, width: float) -> int:
+    """Channels times the width multiplier, rounded half to even (Python's `round`:
+    16 x 0.15625 = 2.5 -> 2); validation keeps every stage at >= 1 channel."""
+    return int(round(channels * width))
+
+
 def cifar_depth_step(block: str) -> int:
     """A cifar net has depth = step * n + 2 (stem + fc): 6 (basic) or 9 (bottleneck),
     three stages of n blocks of `layers` weighted layers each."""

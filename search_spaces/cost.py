@@ -59,28 +59,47 @@ class Calibration:
     measured: str        # ISO time, or "reference"
 
 
-def cache_path() -> Path:
-    folder = os.environ.get("RESWEEP_CACHE_DIR") or os.path.expanduser("~/.cache/resweep")
-    return Path(folder) / "calibration.json"
+def default_threads() -> int:
+    """torch's thread count in a fresh process here (what a trial with train.threads null
+    gets), without importing torch when it can be helped: this process's own count if
+    torch is already imported, else the count recorded in the calibration cache for this
+    host, CPU count and OMP/MKL_NUM_THREADS, else torch is asked once and the answer is
+    recorded (so `resweep plan` stays torch-free after its first run on a machine)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    import platform
+
+    key = (f"torch_default_threads/{platform.node()}/cpus={os.cpu_count()}/"
+           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}/"
+           f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', '')}")
+    if key in _DEFAULT_THREADS:   # read the file once per process, not once per trial
+        return _DEFAULT_THREADS[key]
+    cache = _read_cache()
+    if not isinstance(cache.get(key), int):
+        import torch
+
+        cache[key] = torch.get_num_threads()
+        _write_cache(cache)
+    _DEFAULT_THREADS[key] = cache[key]
+    return cache[key]
 
 
-def calibrate(device: str = "cpu", threads: int = 1, refresh: bool = False) -> Calibration:
-    """The cached calibration for (device, threads), measured now if missing (~1 s)."""
+_DEFAULT_THREADS: dict[str, int] = {}
+
+
+def _read_cache() -> dict:
     path = cache_path()
-    key = f"{device}/threads={threads}"
-    cache: dict = {}
-    if path.exists():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    if not refresh and key in cache:
-        try:
-            return Calibration(**cache[key])
-        except TypeError:
-            pass
-    calibration = _measure(device, threads)
-    cache[key] = asdict(calibration)
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(cache: dict) -> None:
+    path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -88,6 +107,25 @@ def calibrate(device: str = "cpu", threads: int = 1, refresh: bool = False) -> C
         tmp.replace(path)
     except OSError:
         pass  # a read-only home still gets an estimate
+
+
+def cache_path() -> Path:
+    folder = os.environ.get("RESWEEP_CACHE_DIR") or os.path.expanduser("~/.cache/resweep")
+    return Path(folder) / "calibration.json"
+
+
+def calibrate(device: str = "cpu", threads: int = 1, refresh: bool = False) -> Calibration:
+    """The cached calibration for (device, threads), measured now if missing (~1 s)."""
+    key = f"{device}/threads={threads}"
+    cache = _read_cache()
+    if not refresh and key in cache:
+        try:
+            return Calibration(**cache[key])
+        except TypeError:
+            pass
+    calibration = _measure(device, threads)
+    cache[key] = asdict(calibration)
+    _write_cache(cache)
     return calibration
 
 

@@ -1,18 +1,22 @@
 """Expansion: a validated study -> the list of fully resolved `TrialConfig`s.
 
-Steps, in order:
+Steps, in order (the work grows with the cells, not with cells x seeds):
+0. the cap by arithmetic: a grid whose space sizes x seeds (an upper bound, before
+   constraints and merging) exceed `_HOPELESS_FACTOR` x max_trials is refused at once;
 1. cells: grid = cartesian product of `space` (first key slowest); ablation = the
    baseline, then each `vary` key's values one at a time (a value equal to the baseline's
    is the baseline and is not repeated);
 2. constraints drop cells (`skip`, `require`), judged on the cell's full set of values
    (varied, fixed in the file, and defaults);
-3. each cell x seed is resolved: ModelConfig (input shape and classes filled in from
-   `workers.data.datasets`; a plain net's shortcut normalised to "A"), DataConfig,
-   TrainConfig (`workers.recipes.resolve_recipe`);
-4. trials with the same `trial_id` merge (a plain net across shortcut options is one);
-5. every distinct model is built on the meta device (`models.complexity.model_stats`), so
-   an impossible architecture fails here, and its parameters and MACs are kept for
-   `resweep plan`.
+3. each kept cell is resolved once, at the first seed: ModelConfig (input shape and
+   classes from `workers.data.datasets`; a plain net's shortcut normalised to "A"),
+   DataConfig, TrainConfig (`workers.recipes.resolve_recipe`);
+4. cells with the same `trial_id` merge (a plain net across shortcut options is one);
+   the exact count, merged cells x distinct seeds, is checked against max_trials;
+5. every distinct model is checked and counted once (`models.complexity.model_stats`:
+   architecture rules, closed-form parameters and MACs; nothing is built): an impossible
+   architecture fails here, and the counts are kept for `resweep plan`;
+6. only then is each merged cell repeated over the seeds, and the trials are named.
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ class Expansion:
     cells: list[dict[str, Any]] = field(default_factory=list)   # trial_id -> varied values
     stats: dict[ModelConfig, ModelStats] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    _cells_by_id: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
+
+    def cell_values(self, trial_id: str) -> dict[str, Any]:
+        """The varied values of the trial `trial_id` ({} for none), by an index."""
+        if self._cells_by_id is None:
+            self._cells_by_id = {}
+            for trial, values in zip(self.trials, self.cells):
+                self._cells_by_id.setdefault(trial.trial_id, values)
+        return self._cells_by_id.get(trial_id, {})
 
 
 class Resolver:
@@ -240,14 +253,16 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict) -> str:
-    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed."""
+def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict,
+               seed: int | None = None) -> str:
+    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed (`seed`,
+    else the trial's)."""
     parts = [model_name(trial.model)]
     for key in varied:
         if key.section == "model" and key.field in _MODEL_NAME_FIELDS:
             continue
         parts.append(f"{key.short}{format_value(cell_values.get(key.dotted))}")
-    parts.append(f"s{trial.seed}")
+    parts.append(f"s{trial.seed if seed is None else seed}")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
 
 
@@ -266,24 +281,27 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
     """Expand a grid or ablation spec whose sections are valid; problems are collected."""
     out = Expansion()
     resolver = Resolver(spec, locations)
-    seeds = list(spec.seeds) if spec.seeds is not None else list(range(spec.repeats))
+    # Seeds are counted, not listed, until the exact count below is within max_trials.
+    n_seeds = len(set(spec.seeds)) if spec.seeds is not None else spec.repeats
+    sizes = [len(v) for v in spec.space.values()] if spec.design == "grid" else []
     if spec.design == "grid":
-        sizes = [len(v) for v in spec.space.values()]
-        raw = math.prod(sizes) * len(seeds)
+        raw = math.prod(sizes) * n_seeds   # an upper bound: before constraints and merging
         if raw > spec.max_trials * _HOPELESS_FACTOR:
-            out.problems.append(_over_cap(locations, spec, raw, sizes, len(seeds)))
+            out.problems.append(_over_cap(locations, spec, raw, sizes, n_seeds))
             return out
         cells, origin, varied_names = grid_cells(spec, keys), "space", list(spec.space)
     else:
         cells, origin, varied_names = ablation_cells(spec, keys), "vary", list(spec.vary)
     varied = [keys[n] for n in varied_names]
 
-    resolved: list[tuple[TrialConfig, Cell]] = []
+    # One trial per kept cell at the first seed, merged by trial_id. A trial_id covers the
+    # seed, so every seed multiplies the merged cells alike: merged cells x seeds.
+    first_seed = spec.seeds[0] if spec.seeds is not None else 0
+    bases: dict[str, tuple[TrialConfig, Cell]] = {}
     seen_errors: set[str] = set()
-    kept_any = False
     for index, cell in enumerate(cells):
         try:
-            base, raw_model = resolver.resolve(cell, seeds[0])
+            base, raw_model = resolver.resolve(cell, first_seed)
         except (ConfigError, TypeError, ValueError) as err:
             _attribute(out, err, cell, spec, origin, locations, seen_errors)
             continue
@@ -299,38 +317,37 @@ def expand(spec: StudySpec, keys: dict[str, ParamKey], locations) -> Expansion:
                                             "excludes; the baseline must be a valid cell"))
                 return out
             continue
-        kept_any = True
-        for seed in seeds:
-            resolved.append((base.replace(seed=seed), cell))
+        bases.setdefault(base.trial_id, (base, cell))
     if out.problems:
         return out
-    if not kept_any:
+    if not bases:
         out.problems.append(Problem(locations.where(("constraints",)), "constraints",
                                     f"got rules that exclude all {len(cells)} cells; "
                                     "at least one trial must remain"))
         return out
 
-    merged: dict[str, tuple[TrialConfig, Cell]] = {}
-    for trial, cell in resolved:
-        merged.setdefault(trial.trial_id, (trial, cell))
-    if len(merged) > spec.max_trials:
-        sizes = [len(v) for v in spec.space.values()] if spec.design == "grid" else []
-        out.problems.append(_over_cap(locations, spec, len(merged), sizes, len(seeds),
+    count = len(bases) * n_seeds
+    if count > spec.max_trials:
+        out.problems.append(_over_cap(locations, spec, count, sizes, n_seeds,
                                       after_rules=True))
         return out
 
-    for trial, cell in merged.values():
+    for trial, cell in bases.values():
         stats = model_stats(trial.model, out.stats)
         if isinstance(stats, ConfigError):
             _attribute(out, stats, cell, spec, origin, locations, seen_errors)
     if out.problems:
         return out
 
+    seeds = list(dict.fromkeys(spec.seeds)) if spec.seeds is not None \
+        else list(range(spec.repeats))
     named = []
-    for trial, cell in merged.values():
+    for base, cell in bases.values():
         values = {k.dotted: coerce_value(k, v) for k, v in cell.items()}
-        named.append(trial.replace(name=trial_name(trial, varied, values)))
-        out.cells.append({k.text: coerce_value(k, v) for k, v in cell.items()})
+        cell_text = {k.text: coerce_value(k, v) for k, v in cell.items()}
+        for seed in seeds:
+            named.append(base.replace(seed=seed, name=trial_name(base, varied, values, seed)))
+            out.cells.append(dict(cell_text))
     out.trials = unique_names(named)
     return out
 

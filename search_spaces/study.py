@@ -72,11 +72,7 @@ class Study:
 
     def cell_values(self, trial: TrialConfig) -> dict[str, Any]:
         """The varied values that produced `trial` (as the file names them)."""
-        if self.expansion:
-            for t, values in zip(self.expansion.trials, self.expansion.cells):
-                if t.trial_id == trial.trial_id:
-                    return values
-        return {}
+        return self.expansion.cell_values(trial.trial_id) if self.expansion else {}
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:

@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("study", metavar="STUDY", help="a study file (search_spaces/*.yaml)")
     add_set_option(parser)
     parser.add_argument("--json", action="store_true",
-                        help="print the plan as JSON (trials with their full config, "
-                             "totals, cost model)")
+                        help="print the plan as JSON (trials, one a line, with their full "
+                             "config; totals; cost model)")
     parser.add_argument("--cpus", type=positive_int, default=None, metavar="N",
                         help="CPUs to plan for (default: this machine's)")
     parser.add_argument("--gpus", type=positive_int, default=None, metavar="N",
@@ -56,17 +56,15 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    import json
-
     from search_spaces import load_study
-    from search_spaces.plan import format_table, plan_study
+    from search_spaces.plan import format_json, format_table, plan_study
 
     study = load_study(args.study, args.overrides)
     gpu_memory = int(args.gpu_memory * 2**30) if args.gpu_memory else None
     plan = plan_study(study, cpus=args.cpus, gpus=args.gpus,
                       refresh_calibration=args.recalibrate, gpu_memory_bytes=gpu_memory)
     if args.json:
-        print(json.dumps(plan, indent=2))
+        print(format_json(plan))
     else:
         print(format_table(plan))
     return 0

@@ -100,12 +100,13 @@ def _done_earlier(study, tracking_uri: str | None) -> set[str] | None:
     """trial_ids done in the study's experiment, or None if there is no store/experiment.
     A store that cannot be opened is a ConfigError (exit 2), as for a real run."""
     from analysis.store import default_tracking_uri, sqlite_path
-    from orchestrator.tracking import StudyTracker, open_client
 
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.exists():
-        return None  # opening it would create an empty store
+        return None  # opening it would create an empty store (and MLflow is not imported)
+    from orchestrator.tracking import StudyTracker, open_client
+
     if open_client(uri).get_experiment_by_name(study.name) is None:
         return None
     return StudyTracker.open(uri, study.name).done_trial_ids()
