@@ -37,7 +37,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from models.architectures import STAGE_CHANNELS, cifar_blocks_per_stage, imagenet_stages
+from models.architectures import (STAGE_CHANNELS, cifar_blocks_per_stage, imagenet_stages,
+                                  scaled)
 from models.blocks import BLOCKS, SHORTCUTS, make_stage
 from models.config import ModelConfig, validate_model_config
 
@@ -56,11 +57,6 @@ def network_units(model: nn.Module,
             units.append((f"{stage_name}.{i}", block))
     units.append(("fc", model.fc))
     return units
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channels times the width multiplier, rounded (validation keeps it >= 1)."""
-    return int(round(channels * width))
 
 
 def init_conv_net(model: nn.Module) -> None:
