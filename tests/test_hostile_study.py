@@ -61,9 +61,11 @@ def test_every_numeric_field_has_a_cap():
                             (TrainConfig, "train"), (Resources, "resources")):
         for s in settings(config):
             kind = s.item if s.kind is tuple else s.kind
-            if kind in (int, float) and s.rule.choices is None and s.rule.le is None:
+            if kind not in (int, float) or s.rule.choices is not None:
+                continue
+            upper = s.rule.le if s.rule.le is not None else s.rule.lt
+            if upper is None:
                 # rates and factors without a cost: only finite values (no cap)
                 assert s.name in ("lr", "weight_decay", "warmup_lr", "grad_clip"), s.name
-                continue
-            if kind in (int, float):
+            elif upper > 1:  # a cap, not a fraction's natural bound (momentum < 1)
                 assert f"{section}.{s.name}" in caps, f"{section}.{s.name} undocumented"
