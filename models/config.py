@@ -116,9 +116,14 @@ def _is_a(kind: type, value: Any) -> bool:
 def _number_text(kind: type, rule: Rule, plural: bool) -> str:
     """"a positive integer", "a number >= 0 and < 1", "integers >= 1"."""
     noun = "integer" if kind is int else "number"
-    if kind is int and rule.gt == 0 and (rule.ge, rule.le, rule.lt) == (None, None, None):
-        return f"positive {noun}s" if plural else f"a positive {noun}"
-    bounds = [f"{op} {value:g}" for op, value in
+
+    def shown(value: float) -> str:  # 100000000, not 1e+08
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+    if kind is int and rule.gt == 0 and (rule.ge, rule.lt) == (None, None):
+        cap = f" <= {shown(rule.le)}" if rule.le is not None else ""
+        return f"positive {noun}s{cap}" if plural else f"a positive {noun}{cap}"
+    bounds = [f"{op} {shown(value)}" for op, value in
               ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
               if value is not None]
     head = f"{noun}s" if plural else ("an " if noun == "integer" else "a ") + noun
