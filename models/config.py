@@ -116,9 +116,14 @@ def _is_a(kind: type, value: Any) -> bool:
 def _number_text(kind: type, rule: Rule, plural: bool) -> str:
     """"a positive integer", "a number >= 0 and < 1", "integers >= 1"."""
     noun = "integer" if kind is int else "number"
-    if kind is int and rule.gt == 0 and (rule.ge, rule.le, rule.lt) == (None, None, None):
-        return f"positive {noun}s" if plural else f"a positive {noun}"
-    bounds = [f"{op} {value:g}" for op, value in
+
+    def shown(value: float) -> str:  # 100000000, not 1e+08
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+    if kind is int and rule.gt == 0 and (rule.ge, rule.lt) == (None, None):
+        cap = f" <= {shown(rule.le)}" if rule.le is not None else ""
+        return f"positive {noun}s{cap}" if plural else f"a positive {noun}{cap}"
+    bounds = [f"{op} {shown(value)}" for op, value in
               ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
               if value is not None]
     head = f"{noun}s" if plural else ("an " if noun == "integer" else "a ") + noun
@@ -171,28 +176,35 @@ SHORTCUTS = ("A", "B", "C")  # models/blocks.py registers exactly these (a test 
 @dataclass(frozen=True)
 class ModelConfig:
     """One network of the ResNet family. A plain net (residual false) ignores `shortcut`
-    (expansion normalises it to "A")."""
+    (expansion normalises it to "A").
+
+    The upper bounds (`le=`) are caps that refuse hostile or mistyped values before
+    anything is built; search_spaces/README.md, "Caps", gives each one's reason."""
 
     family: str = setting("cifar", choices=FAMILIES,
                           doc="cifar (paper Sec. 4.2), imagenet (paper Table 1) or mlp "
                               "(the toy)")
-    depth: int = setting(20, ge=1, doc="weighted layers (6n+2 basic, 9n+2 bottleneck "
-                                       "cifar; 18/34/50/101/152 imagenet; mlp: blocks)")
+    depth: int = setting(20, ge=1, le=1202,
+                         doc="weighted layers (6n+2 basic, 9n+2 bottleneck cifar; "
+                             "18/34/50/101/152 imagenet; mlp: blocks)")
     block: str = setting("basic", choices=BLOCKS,
                          doc="basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1)")
     residual: bool = setting(True, doc="false: the plain twin, no shortcuts")
     shortcut: str = setting("A", choices=SHORTCUTS,
                             doc="A zero-padded identity, B projection where the shape "
                                 "changes, C projection everywhere; ignored by plain nets")
-    width: float = setting(1.0, gt=0, doc="channel multiplier (cifar stages 16/32/64 x "
-                                          "width, imagenet 64/128/256/512 x width)")
-    in_channels: int = setting(3, ge=1, doc="image channels (1 Fashion-MNIST, 3 CIFAR)")
-    num_classes: int = setting(10, ge=2, doc="classifier outputs")
-    image_size: int = setting(32, ge=1, doc="input height = width in pixels (for MACs, "
-                                            "and the mlp's input features)")
+    width: float = setting(1.0, gt=0, le=64,
+                           doc="channel multiplier (cifar stages 16/32/64 x width, imagenet "
+                               "64/128/256/512 x width)")
+    in_channels: int = setting(3, ge=1, le=1024,
+                               doc="image channels (1 Fashion-MNIST, 3 CIFAR)")
+    num_classes: int = setting(10, ge=2, le=100_000, doc="classifier outputs")
+    image_size: int = setting(32, ge=1, le=4096,
+                              doc="input height = width in pixels (for MACs, and the mlp's "
+                                  "input features)")
     stages: tuple[int, ...] | None = setting(
-        None, ge=1, doc="imagenet only: blocks per stage, overrides depth")
-    hidden: int = setting(64, ge=1, doc="mlp only: units per layer")
+        None, ge=1, le=200, doc="imagenet only: blocks per stage, overrides depth")
+    hidden: int = setting(64, ge=1, le=65_536, doc="mlp only: units per layer")
 
     def __post_init__(self) -> None:
         if self.stages is not None and not isinstance(self.stages, tuple):

@@ -13,6 +13,13 @@ such an item is read: `resweep --help` stays light.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+
+# How long `resweep run` waits for a tracking server or a Ray cluster to answer before it
+# starts anything (README, "When a service does not answer"); raise it for slow networks.
+CONNECT_TIMEOUT_ENV = "RESWEEP_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 def _number(text: str, kind, allowed: str):
@@ -52,6 +59,24 @@ def port(text: str) -> int:
     value = _number(text, int, "a port number 1..65535")
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"got {value}; a port number 1..65535")
+    return value
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a service to answer before a run starts: $RESWEEP_CONNECT_TIMEOUT
+    (a number > 0 and <= 3600), default 10. A bad value is a ConfigError (exit status 2)."""
+    from models.config import ConfigError
+
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 3600:  # also refuses nan
+        raise ConfigError(f"${CONNECT_TIMEOUT_ENV}: got {text!r}; seconds to wait for a "
+                          "service, a number > 0 and <= 3600")
     return value
 
 

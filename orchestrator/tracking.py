@@ -72,12 +72,54 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def check_tracking_server(tracking_uri: str, timeout_s: float,
+                          option: str = "--tracking-uri") -> None:
+    """Raise ConfigError, saying what to check, when an http(s) tracking URI has no server
+    answering within `timeout_s` (one GET of /health; MLflow's own client would retry for
+    about four minutes). Any HTTP answer passes (a 401 or a proxy's 404: MLflow's first
+    request says more), and so do TLS errors (certificates are MLflow's settings)."""
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):
+            return
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused: nothing listens on that port"
+        elif isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            why = f"no answer within {timeout_s:g} s"
+        else:
+            why = str(reason)[:200]
+    where = urllib.parse.urlsplit(tracking_uri).netloc or tracking_uri
+    raise ConfigError(
+        f"{option}: no MLflow tracking server answers at {tracking_uri} ({why}); check "
+        f"that `mlflow server` is running and listening on {where} (and, from another "
+        "machine, started with --host 0.0.0.0), or use a local store (sqlite:///PATH.db); "
+        f"on a slow network raise $RESWEEP_CONNECT_TIMEOUT (now {timeout_s:g} s)")
+
+
 def open_client(tracking_uri: str):
     """A client on the store, created and upgraded now, before any trial writes.
 
     For SQLite this runs MLflow's migrations once in this process (several processes
     migrating a fresh store at once fail). A tracking server that does not answer is a
-    ConfigError naming the URI."""
+    ConfigError naming the URI: an http(s) server is asked first, within
+    $RESWEEP_CONNECT_TIMEOUT (`check_tracking_server`), so the run fails in seconds, not
+    after MLflow's retries; those stay as they are for everything after (a server that
+    goes away mid-study is waited for)."""
+    from orchestrator.arg_types import connect_timeout
+
+    check_tracking_server(tracking_uri, connect_timeout())
     # MLflow prints a "View run ... at" line per finished run against a server; the
     # progress display and the summary already say where the runs are.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -28,6 +28,10 @@ from workers.config import DataConfig, Resources, TrainConfig
 from workers.results import OBJECTIVE_METRICS as METRICS  # what a search may optimise
 ALGORITHMS = ("optuna-tpe", "optuna-random")
 DESIGNS = ("grid", "ablation", "search")
+# Caps of the study-level numbers (the config fields' caps are on their declarations);
+# search_spaces/README.md, "Caps", gives the reasons.
+MAX_SEEDS = 1000        # seeds per cell (repeats, or the length of seeds)
+MAX_SEED = 2**32 - 1    # numpy's and Optuna's samplers take seeds below 2**32
 
 _SCALAR_TYPES = (bool, int, float, str, type(None))
 
@@ -51,7 +55,9 @@ ParamValue = Annotated[Any, PlainValidator(_plain_value), WithJsonSchema(
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan=False: nan and infinities are refused for every float, whatever its
+    # bounds (gt=0 alone lets inf through).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # ---- the config sections, derived from the dataclasses --------------------------------
@@ -193,16 +199,16 @@ class ConstraintSpec(_Spec):
 class AshaSpec(_Spec):
     """Asynchronous successive halving (Ray Tune's ASHAScheduler); times in epochs."""
 
-    max_t: Optional[int] = Field(None, ge=1, description="default: the trial's epochs")
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
+    max_t: Optional[int] = Field(None, ge=1, le=10_000, description="default: the trial's epochs")
+    grace_period: int = Field(1, ge=1, le=10_000)
+    reduction_factor: float = Field(3.0, gt=1, le=100)
 
 
 class MedianSpec(_Spec):
     """Median stopping rule (Ray Tune's MedianStoppingRule); times in epochs."""
 
-    grace_period: int = Field(1, ge=1)
-    min_samples_required: int = Field(3, ge=1)
+    grace_period: int = Field(1, ge=1, le=10_000)
+    min_samples_required: int = Field(3, ge=1, le=10_000)
 
 
 class SchedulerSpec(_Spec):
@@ -216,18 +222,18 @@ class SearchSpec(_Spec):
     """How a `design: search` study explores `space` (Optuna via Ray Tune)."""
 
     algorithm: Literal[ALGORITHMS] = "optuna-tpe"
-    num_samples: int = Field(20, ge=1, description="trials to propose")
+    num_samples: int = Field(20, ge=1, le=10_000, description="trials to propose")
     metric: Literal[METRICS] = "val_error"
     mode: Literal["min", "max"] = "min"
-    max_concurrent: Optional[int] = Field(None, ge=1, description="trials at a time")
+    max_concurrent: Optional[int] = Field(None, ge=1, le=1024, description="trials at a time")
     scheduler: Optional[SchedulerSpec] = None
-    seed: int = Field(0, description="the sampler's seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="the sampler's seed")
 
 
 class StudySpec(_Spec):
     """One study file. See search_spaces/README.md for examples of each design."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
                       description="MLflow experiment name")
     description: str = ""
     data: DataSpec = DataSpec()
@@ -243,12 +249,13 @@ class StudySpec(_Spec):
     vary: Optional[dict[str, Annotated[list[ParamValue], Field(min_length=1)]]] = Field(
         None, description="ablation: values tried one factor at a time")
     constraints: list[ConstraintSpec] = []
-    repeats: int = Field(1, ge=1, description="seeds per cell: 0..repeats-1")
-    seeds: Optional[Annotated[list[int], Field(min_length=1)]] = Field(
+    repeats: int = Field(1, ge=1, le=MAX_SEEDS, description="seeds per cell: 0..repeats-1")
+    seeds: Optional[Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]],
+                             Field(min_length=1, max_length=MAX_SEEDS)]] = Field(
         None, description="explicit seeds instead of repeats")
     search: Optional[SearchSpec] = None
     resources: ResourcesSpec = ResourcesSpec()
-    max_trials: int = Field(500, ge=1, description="refuse studies with more trials")
+    max_trials: int = Field(500, ge=1, le=10_000, description="refuse studies with more trials")
 
 
 # The sections whose fields a study may vary (parameter keys, search_spaces.validate).

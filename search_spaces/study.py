@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from models.complexity import ModelStats, model_stats
 from models.config import ConfigError, ModelConfig
 from search_spaces.expand import Expansion, expand
-from search_spaces.loading import Locations, Problem, StudyError, apply_overrides, load_yaml
+from search_spaces.loading import (Locations, Problem, StudyError, apply_overrides, load_yaml,
+                                   read_text)
 from search_spaces.schema import SearchSpec, StudySpec
 from search_spaces.validate import ParamKey, schema_problems, semantic_problems
 from workers.config import Resources, TrialConfig
@@ -81,11 +82,11 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     path = Path(path)
     filename = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, filename)  # bounded; refuses what is not UTF-8 text
     except FileNotFoundError:
         raise StudyError([Problem(filename, "", "got a path that does not exist; a study "
                                   "file (see search_spaces/*.yaml)")]) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise StudyError([Problem(filename, "", f"cannot be read: {err}")]) from None
     return load_study_text(text, filename, overrides)
 
@@ -108,6 +109,10 @@ def load_study_text(text: str, filename: str = "<study>",
 
     schema_count = len(problems)
     spec, bad_sections = _validate_types(data, locations, problems)
+    # A value the YAML reader refused (a tag, a 5000-digit number) is null in `data`:
+    # its "got None" from the schema would only echo the first message.
+    refused = {p.path for p in problems[:schema_count] if p.path}
+    problems[schema_count:] = [p for p in problems[schema_count:] if p.path not in refused]
     partly_bad = frozenset(p.path.split(".")[0].split("[")[0]
                            for p in problems[schema_count:])
     keys: dict[str, ParamKey] = {}

@@ -76,7 +76,8 @@ def parse_key(text: object) -> ParamKey:
 @lru_cache(maxsize=None)
 def _adapter(section: str, field: str) -> TypeAdapter:
     info = SECTION_SPECS[section].model_fields[field]
-    return TypeAdapter(Annotated[info.annotation, info], config=ConfigDict(strict=True))
+    return TypeAdapter(Annotated[info.annotation, info],
+                       config=ConfigDict(strict=True, allow_inf_nan=False))
 
 
 def check_value(key: ParamKey, value: object) -> str | None:
@@ -87,7 +88,7 @@ def check_value(key: ParamKey, value: object) -> str | None:
         _adapter(key.section, key.field).validate_python(value)
     except ValidationError as err:
         first = err.errors()[0]
-        return f"got {value!r}; {_lower_first(first['msg'])}"
+        return f"got {short_repr(value)}; {cap_text(first) or _lower_first(first['msg'])}"
     return None
 
 
@@ -128,8 +129,30 @@ def schema_problems(err: ValidationError, locations: Locations) -> list[Problem]
     return problems
 
 
+CAPS_NOTE = "a cap, see search_spaces/README.md \"Caps\""
+
+
+def cap_text(e: dict) -> str | None:
+    """"at most 1202 (a cap, ...)" for a pydantic error that broke an upper bound or a
+    length cap, "should be a finite number" for nan/inf; None for other errors."""
+    ctx = e.get("ctx") or {}
+    if e["type"] == "less_than_equal":
+        return f"at most {ctx['le']} ({CAPS_NOTE})"
+    if e["type"] == "less_than":
+        return f"less than {ctx['lt']}"
+    if e["type"] == "too_long":
+        return f"at most {ctx['max_length']} items ({CAPS_NOTE})"
+    if e["type"] == "string_too_long":
+        return f"at most {ctx['max_length']} characters ({CAPS_NOTE})"
+    if e["type"] == "finite_number":
+        return "should be a finite number (not nan or an infinity)"
+    return None
+
+
 def _allowed(e: dict) -> str:
     msg = e["msg"]
+    if cap_text(e):
+        return cap_text(e)
     if e["type"] == "literal_error":
         return "allowed: " + msg.removeprefix("Input should be ")
     if e["loc"][:1] == ("space",) and len(e["loc"]) >= 2 and (

@@ -44,10 +44,13 @@ class DataConfig:
         None, doc="where to look; null: $RESWEEP_DATA, then (fashion-mnist) "
                   "/usr/share/datasets/fashion-mnist, then ./data")
     train_size: int | None = setting(
-        None, gt=0, doc="first N training images (after the validation split); null: all")
-    val_size: int = setting(5000, ge=0, doc="held out of the training set for validation "
-                                            "(paper: 5000 of 50k)")
-    test_size: int | None = setting(None, gt=0, doc="first N test images; null: all")
+        None, gt=0, le=100_000_000,
+        doc="first N training images (after the validation split); null: all")
+    val_size: int = setting(5000, ge=0, le=100_000_000,
+                            doc="held out of the training set for validation (paper: 5000 "
+                                "of 50k)")
+    test_size: int | None = setting(None, gt=0, le=100_000_000,
+                                    doc="first N test images; null: all")
     augment: bool = setting(True, doc="pad-4-and-crop + horizontal flip of the training "
                                       "batches (on the device)")
     download: bool = setting(False, doc="let torchvision download where a network exists")
@@ -71,12 +74,17 @@ class TrainConfig:
     warmup_lr / warmup_until_error: the paper's ResNet-110 trick: train at `warmup_lr`
     until the running training error falls below `warmup_until_error` (e.g. 0.8), at most
     `warmup_iters` steps, then switch to `lr`.
+
+    Upper bounds (`le=`) here and in DataConfig and Resources are caps against hostile or
+    mistyped values; search_spaces/README.md, "Caps", gives their reasons.
     """
 
     recipe: str = setting("cosine", doc="a name in workers.recipes.RECIPES")
-    epochs: int | None = setting(10, gt=0, doc="passes over the training set (or iterations)")
-    iterations: int | None = setting(None, gt=0, doc="optimizer steps (or epochs)")
-    batch_size: int = setting(128, gt=0, doc="images per optimizer step")
+    epochs: int | None = setting(10, gt=0, le=10_000,
+                                 doc="passes over the training set (or iterations)")
+    iterations: int | None = setting(None, gt=0, le=10_000_000,
+                                     doc="optimizer steps (or epochs)")
+    batch_size: int = setting(128, gt=0, le=65_536, doc="images per optimizer step")
     lr: float = setting(0.1, gt=0, doc="learning rate (the peak of a schedule)")
     momentum: float = setting(0.9, ge=0, lt=1, doc="SGD momentum")
     nesterov: bool = setting(False, doc="Nesterov momentum (needs momentum > 0)")
@@ -85,10 +93,12 @@ class TrainConfig:
                             doc="step: lr x gamma at each milestone; cosine: decay to 0 "
                                 "after warmup_iters; constant")
     milestones: tuple[int, ...] = setting(
-        (), gt=0, doc="iterations at which a step schedule multiplies lr by gamma")
+        (), gt=0, le=10_000_000,
+        doc="iterations at which a step schedule multiplies lr by gamma")
     gamma: float = setting(0.1, gt=0, le=1, doc="lr factor at each milestone")
-    warmup_iters: int = setting(0, ge=0, doc="linear warm-up steps; with warmup_until_error "
-                                             "the longest warm-up")
+    warmup_iters: int = setting(0, ge=0, le=10_000_000,
+                                doc="linear warm-up steps; with warmup_until_error the "
+                                    "longest warm-up")
     warmup_lr: float | None = setting(None, gt=0, doc="lr until the training error falls "
                                                       "below warmup_until_error")
     warmup_until_error: float | None = setting(
@@ -97,10 +107,11 @@ class TrainConfig:
     grad_clip: float | None = setting(None, gt=0, doc="max gradient norm; null: no clipping")
     precision: str = setting("fp32", choices=PRECISIONS,
                              doc="fp32, or bf16 autocast")
-    eval_every: int = setting(1, gt=0, doc="test error every k epochs (and after the last)")
+    eval_every: int = setting(1, gt=0, le=10_000,
+                              doc="test error every k epochs (and after the last)")
     device: str = setting("auto", doc="auto | cpu | cuda | cuda:N | mps")
-    threads: int | None = setting(None, gt=0, doc="torch threads per trial; null: torch's "
-                                                  "default")
+    threads: int | None = setting(None, gt=0, le=1024,
+                                  doc="torch threads per trial; null: torch's default")
     cuda_graph: bool = setting(True, doc="replay the training step as a CUDA graph (CUDA)")
     compile: bool = setting(False, doc="torch.compile the model")
     probes: bool = setting(True, doc="after the last epoch: layer responses and gradient "
@@ -124,8 +135,8 @@ class TrainConfig:
 class Resources:
     """What one trial asks of a Ray worker: CPUs and a GPU fraction (0.25 = 4 per GPU)."""
 
-    cpu: float = setting(1.0, gt=0, doc="CPUs per trial")
-    gpu: float = setting(0.0, ge=0, doc="a fraction below 1, or whole GPUs")
+    cpu: float = setting(1.0, gt=0, le=1024, doc="CPUs per trial")
+    gpu: float = setting(0.0, ge=0, le=64, doc="a fraction below 1, or whole GPUs")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -68,6 +68,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    _check_services(args)
     if args.dry_run:
         return _dry_run(args)
     from orchestrator.study_run import RunOptions, run_study
@@ -78,6 +79,26 @@ def main(args) -> int:
                          max_failures=args.max_failures, resume=args.resume,
                          quiet=args.quiet, ship_code=args.ship_code)
     return run_study(options)
+
+
+def _check_services(args) -> None:
+    """Fail fast (ConfigError, exit 2), before anything starts or is written, when the
+    tracking server or the Ray cluster does not answer within $RESWEEP_CONNECT_TIMEOUT.
+    Only the start is checked: once trials run, an outage is waited for (MLflow's retries)."""
+    import os
+
+    from orchestrator.arg_types import connect_timeout
+    from orchestrator.ray_session import check_ray_address
+    from orchestrator.tracking import check_tracking_server
+
+    timeout = connect_timeout()
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        check_tracking_server(uri, timeout,
+                              "--tracking-uri" if args.tracking_uri else "$MLFLOW_TRACKING_URI")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and not args.dry_run:
+        check_ray_address(address, timeout, "--address" if args.address else "$RAY_ADDRESS")
 
 
 def _dry_run(args) -> int:

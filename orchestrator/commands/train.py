@@ -79,18 +79,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet_option(parser, "the trial and its final result")
 
 
-def _trial_from_json(path: str, overrides: list[str]):
+def _read_trial_json(path: str) -> dict:
+    """The trial JSON as data, refused cheaply (exit 2, one line) when it is not a trial
+    file: the study loader's caps on size, text, nesting and digits (search_spaces/
+    README.md, "Caps"), and no NaN or Infinity (Python's json reads them, JSON has none)."""
     from models.config import ConfigError
-    from orchestrator.arg_types import split_key_value
-    from workers.config import TrialConfig
+    from search_spaces.loading import MAX_DIGITS, MAX_NESTING, read_text
+
+    where = f"--config {path}"
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"--config: cannot read {path}: {err}") from None
+        text = read_text(path, where, what="a trial file")
+    except OSError as err:
+        raise ConfigError(f"--config: cannot read {path}: {err.strerror or err}") from None
+
+    def no_constant(name: str):
+        raise ConfigError(f"{where}: got {name}; numbers must be finite (JSON has no NaN "
+                          "or Infinity)")
+
+    def bounded_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_DIGITS:
+            raise ConfigError(f"{where}: got a number of {len(digits)} digits; at most "
+                              f"{MAX_DIGITS} digits")
+        return int(digits)
+
+    too_deep = (f"{where}: got values nested more than {MAX_NESTING} levels deep; at most "
+                f"{MAX_NESTING} levels (a trial needs 2)")
+    try:
+        data = json.loads(text, parse_constant=no_constant, parse_int=bounded_int)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}:{err.lineno}: not valid JSON: {err.msg} (line "
+                          f"{err.lineno}, column {err.colno})") from None
+    except RecursionError:
+        raise ConfigError(too_deep) from None
+    stack = [(data, 1)]
+    while stack:  # the depth json accepted (up to ~1000) is still far too deep
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(too_deep)
+        if isinstance(node, (dict, list)):
+            stack.extend((child, depth + 1) for child in
+                         (node.values() if isinstance(node, dict) else node))
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: got a JSON {type(data).__name__}; a trial config "
+        raise ConfigError(f"{where}: got a JSON {type(data).__name__}; a trial config "
                           "is an object (the trial.json a run logs)")
+    return data
+
+
+def _trial_from_json(path: str, overrides: list[str]):
+    """The trial of a JSON file with `--set` applied, checked field by field (the rules
+    the worker applies) before torch is imported or anything is built."""
+    from models.config import ConfigError, field_problems, validate_model_config
+    from orchestrator.arg_types import split_key_value
+    from search_spaces.schema import MAX_SEED
+    from workers.config import TrialConfig, data_config_problems, train_config_problems
+
+    data = _read_trial_json(path)
     if "model" not in data and isinstance(data.get("trial"), dict):
         data = data["trial"]  # a result written by `resweep train --out`
     data.pop("trial_id", None)
@@ -104,9 +147,21 @@ def _trial_from_json(path: str, overrides: list[str]):
             node = node[key]
         node[keys[-1]] = value
     try:
-        return TrialConfig.from_dict(data)
-    except (TypeError, KeyError) as err:
+        trial = TrialConfig.from_dict(data)
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ConfigError(f"--config {path}: not a trial config ({err})") from None
+    problems = field_problems(trial.model, "model") + data_config_problems(trial.data) + \
+        train_config_problems(trial.train) + field_problems(trial.resources, "resources")
+    if not 0 <= trial.seed <= MAX_SEED:
+        problems.append(f"seed: got {trial.seed}; allowed: an integer >= 0 and <= {MAX_SEED}")
+    if not problems:
+        try:
+            validate_model_config(trial.model)  # the architecture rules
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(f"--config {path}: {p}" for p in problems))
+    return trial
 
 
 def _trial_key(key: str) -> str:
