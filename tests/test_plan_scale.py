@@ -159,12 +159,19 @@ def test_expanded_trials_have_their_definitions_ids():
 
 # ---- the cap by arithmetic ------------------------------------------------------------
 
-def test_a_billion_repeats_are_refused_by_arithmetic_naming_max_trials():
+def test_a_billion_repeats_are_refused_by_the_field_cap():
     text = GRID.replace("repeats: 3", "repeats: 1000000000")
     with pytest.raises(StudyError) as info:
         load_study_text(text)   # would need ~10^10 trials' memory if seeds were listed
+    assert "repeats: got 1000000000; at most 1000" in str(info.value)
+
+
+def test_a_hopeless_grid_is_refused_by_arithmetic_naming_max_trials():
+    # 24 cells x 1000 seeds = 24,000 > 50 x max_trials: refused before cells are listed.
+    with pytest.raises(StudyError) as info:
+        load_study_text(GRID.replace("repeats: 3", "repeats: 1000") + "max_trials: 10\n")
     message = str(info.value)
-    assert "max_trials=500" in message and "1000000000 seed(s)" in message
+    assert "max_trials=10 " in message and "1000 seed(s)" in message
 
 
 def test_the_exact_count_is_merged_cells_x_seeds_before_any_seed_is_listed():
@@ -174,10 +181,10 @@ def test_the_exact_count_is_merged_cells_x_seeds_before_any_seed_is_listed():
                                          r"at most max_trials=47"):
         load_study_text(GRID + "max_trials: 47\n")
     # A large repeat count past the raw bound's reach is refused by the exact count.
-    with pytest.raises(StudyError, match=r"got 1600000 trials after constraints and "
-                                         r"merging; at most max_trials=50000"):
-        load_study_text(GRID.replace("repeats: 3", "repeats: 100000")
-                        + "max_trials: 50000\n")
+    with pytest.raises(StudyError, match=r"got 16000 trials after constraints and "
+                                         r"merging; at most max_trials=10000"):
+        load_study_text(GRID.replace("repeats: 3", "repeats: 1000")
+                        + "max_trials: 10000\n")
 
 
 def test_seeds_keep_their_order_and_names():
