@@ -9,7 +9,9 @@ still be running when a process is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from analysis.store import sqlite_path
 
 DATA = {"dataset": "fashion-mnist", "train_size": 1024, "val_size": 256, "test_size": 256,
         "augment": False}
@@ -61,7 +65,29 @@ def _client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _experiment_recorded(uri: str, study: str) -> bool:
+    """Whether a SQLite store holds the study's experiment yet (other stores: assumed).
+
+    Read without MLflow: MLflow creates and migrates a database it opens, and a test that
+    polls a store while `resweep run` creates it would migrate it at the same time (one of
+    the two then fails with "table ... already exists"). The experiment is created after
+    the migration, so once it is there MLflow opens the store as it is."""
+    path = sqlite_path(uri)
+    if path is None:
+        return True
+    if not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT 1 FROM experiments WHERE name = ?", (study,)).fetchone()
+    except sqlite3.Error:  # no tables yet, or locked by the migration
+        return False
+    return row is not None
+
+
 def _study_runs(uri: str, study: str) -> tuple[list, list]:
+    if not _experiment_recorded(uri, study):
+        return [], []
     client = _client_for(uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
