@@ -1,5 +1,5 @@
-"""Builds small but real MLflow stores the way `resweep run` writes them (the MLflow
-conventions of the team contract), for the analysis tests.
+"""Fixtures of the analysis tests: small but real MLflow stores written the way `resweep run`
+writes them (the MLflow conventions of the team contract).
 
 Experiment = study name (tag mlflow.experimentKind); one parent run per `resweep run`
 (tags resweep.kind=study, resweep.study, resweep.study_hash, resweep.git_commit,
@@ -8,20 +8,27 @@ mlflow.parentRunId, run name = trial name, tags resweep.kind=trial, resweep.tria
 resweep.name, resweep.seed, resweep.status; params = flattened TrialConfig with dotted keys;
 per-epoch metrics with step = epoch via log_batch; final params/macs; artifacts probes.json
 and trial.json). The numbers are made up with a known answer.
+
+Session fixtures hand out the pieces (module-scoped stores use them):
+
+    uri = new_store(root)                                  an empty, migrated SQLite store
+    record_study(uri, root, study, trials, run_started=..., parent_status=...) -> parent id
+    degradation_trials(seeds=3, depths=(8, 14, 20), ...)    trials with a known answer
+    fake_trial(depth, residual, seed, train_error, test_error, ...)   one FakeTrial
+    trial_config(study, fake) -> the TrialConfig `resweep run` would log for it
 """
 
 from __future__ import annotations
 
-import atexit
 import math
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -29,25 +36,6 @@ from analysis.store import MLFLOW_STATUS
 from models.config import ModelConfig
 from orchestrator.tracking import trial_params
 from workers.config import DataConfig, TrainConfig, TrialConfig
-
-
-_TEMPLATE_DB: Path | None = None
-
-
-def new_store(root: Path) -> str:
-    """A fresh, empty SQLite store in `root`; returns its tracking URI.
-
-    MLflow migrates a new database in ~3-7 s on 2 busy cores; the migrated empty database is
-    made once per test session and copied (a copy is a valid, current store)."""
-    global _TEMPLATE_DB
-    if _TEMPLATE_DB is None:
-        template_dir = Path(tempfile.mkdtemp(prefix="resweep-test-mlflow-"))
-        atexit.register(shutil.rmtree, template_dir, True)
-        MlflowClient(f"sqlite:///{template_dir / 'mlflow.db'}").search_experiments()
-        _TEMPLATE_DB = template_dir / "mlflow.db"
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_TEMPLATE_DB, root / "mlflow.db")
-    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 @dataclass
@@ -68,7 +56,7 @@ class FakeTrial:
     lr: float = 0.1
 
 
-def trial_config(study: str, fake: FakeTrial) -> TrialConfig:
+def _trial_config(study: str, fake: FakeTrial) -> TrialConfig:
     model = ModelConfig(family="cifar", depth=fake.depth, residual=fake.residual,
                         shortcut=fake.shortcut if fake.residual else "A", width=fake.width,
                         in_channels=1, image_size=28)
@@ -81,7 +69,7 @@ def trial_config(study: str, fake: FakeTrial) -> TrialConfig:
                        study=study)
 
 
-def fake_probes(depth: int, residual: bool, seed: int) -> dict:
+def _fake_probes(depth: int, residual: bool, seed: int) -> dict:
     """Layer responses: plain ~1 and flat, residual smaller and smaller with depth (Fig. 7).
     Gradient norms: plain vanish towards the input as depth grows, residual stay flat."""
     rng = random.Random(depth * 1000 + residual * 100 + seed)
@@ -98,8 +86,8 @@ def fake_probes(depth: int, residual: bool, seed: int) -> dict:
     return {"layer_responses": layers, "gradient_norms": grads}
 
 
-def write_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTrial],
-                run_started: str = "20261126-120000", parent_status: str = "FINISHED") -> str:
+def _record_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTrial],
+                    run_started: str = "20261126-120000", parent_status: str = "FINISHED") -> str:
     """Write one `resweep run` of `study` with `trials` into the store; returns the parent
     run id. Calling it again adds another parent run (a rerun) to the same experiment."""
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -127,7 +115,7 @@ def write_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTria
 
 def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: FakeTrial,
                  root: Path) -> None:
-    config = trial_config(study, fake)
+    config = _trial_config(study, fake)
     run = client.create_run(eid, run_name=config.name, tags={
         "mlflow.parentRunId": pid, "resweep.kind": "trial", "resweep.trial_id": config.trial_id,
         "resweep.name": config.name, "resweep.seed": str(fake.seed), "resweep.study": study,
@@ -144,7 +132,7 @@ def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: Fak
     client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.log_dict(rid, config.to_dict(), "trial.json")
     if fake.probes and fake.status == "finished":
-        client.log_dict(rid, fake_probes(fake.depth, fake.residual, fake.seed), "probes.json")
+        client.log_dict(rid, _fake_probes(fake.depth, fake.residual, fake.seed), "probes.json")
     client.set_tag(rid, "resweep.status", fake.status)
     client.set_terminated(rid, MLFLOW_STATUS[fake.status])
 
@@ -162,9 +150,9 @@ def _epoch_metrics(fake: FakeTrial, epoch: int) -> dict[str, float]:
     return metrics
 
 
-def degradation_trials(seeds: int = 3, noise: float = 0.004, shortcuts: tuple = ("A",),
-                       depths: tuple = (8, 14, 20), probes: bool = True, test_every: int = 1,
-                       train_error: Callable[[bool, int], float] | None = None) -> list[FakeTrial]:
+def _degradation_trials(seeds: int = 3, noise: float = 0.004, shortcuts: tuple = ("A",),
+                        depths: tuple = (8, 14, 20), probes: bool = True, test_every: int = 1,
+                        train_error: Callable[[bool, int], float] | None = None) -> list[FakeTrial]:
     """A degradation study with a known answer: plain training error 10% at depth 8,
     10.2% at 14 (within noise) and 16% at 20 (onset at 20); residual nets 9.5%, 9%, 8.5%."""
     def default_error(residual: bool, depth: int) -> float:
@@ -184,3 +172,47 @@ def degradation_trials(seeds: int = 3, noise: float = 0.004, shortcuts: tuple = 
                                             shortcut=shortcut, probes=probes,
                                             test_every=test_every))
     return trials
+
+
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """new_store(root) -> the tracking URI of a fresh, empty SQLite store in `root`.
+
+    MLflow migrates a new database in ~3-7 s on 2 busy cores; the migrated empty database is
+    made once per test session and copied (a copy is a valid, current store)."""
+    template: list[Path] = []
+
+    def new(root: Path) -> str:
+        if not template:
+            db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+            MlflowClient(f"sqlite:///{db}").search_experiments()
+            template.append(db)
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template[0], root / "mlflow.db")
+        return f"sqlite:///{root / 'mlflow.db'}"
+    return new
+
+
+@pytest.fixture(scope="session")
+def record_study():
+    """record_study(uri, root, study, trials, run_started=..., parent_status=...): one
+    `resweep run` of `study` in the store; returns the parent run id (again: a rerun)."""
+    return _record_study
+
+
+@pytest.fixture(scope="session")
+def degradation_trials():
+    """degradation_trials(seeds=3, noise=0.004, shortcuts=("A",), depths=(8, 14, 20), ...)."""
+    return _degradation_trials
+
+
+@pytest.fixture(scope="session")
+def fake_trial():
+    """The FakeTrial class: fake_trial(depth, residual, seed, train_error, test_error, ...)."""
+    return FakeTrial
+
+
+@pytest.fixture(scope="session")
+def trial_config():
+    """trial_config(study, fake) -> the TrialConfig a FakeTrial is recorded with."""
+    return _trial_config

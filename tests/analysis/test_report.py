@@ -1,5 +1,5 @@
 """`resweep report` on a real MLflow store: files, figures, claims, MLflow artifacts, exit
-codes. The store is written per the team contract (tests/analysis_fixtures.py)."""
+codes. The store is written per the team contract (tests/analysis/conftest.py)."""
 
 import contextlib
 import io
@@ -9,7 +9,6 @@ import xml.etree.ElementTree as ET
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis_fixtures import FakeTrial, degradation_trials, new_store, write_study
 from orchestrator.cli import main as resweep
 
 FULL, MINIMAL, SEARCH = "report-full", "report-minimal", "report-search"
@@ -18,24 +17,24 @@ ALL_FIGURES = ["1-training-curves", "2-degradation-map", "3-shortcuts", "4-layer
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_store, record_study, degradation_trials, fake_trial):
     """FULL: plain + residual A/B/C at depths 8/20, 2 seeds, probes, one diverged
     plain-26. MINIMAL: plain + residual A at depths 8/20, one seed, no probes."""
     root = tmp_path_factory.mktemp("report-store")
     uri = new_store(root)
     full = degradation_trials(seeds=2, shortcuts=("A", "B", "C"), depths=(8, 20))
-    full.append(FakeTrial(26, False, 0, 0.9, 0.9, status="diverged"))
-    write_study(uri, root, FULL, full)
-    write_study(uri, root, MINIMAL, degradation_trials(seeds=1, depths=(8, 20), probes=False,
-                                                       test_every=4))
+    full.append(fake_trial(26, False, 0, 0.9, 0.9, status="diverged"))
+    record_study(uri, root, FULL, full)
+    record_study(uri, root, MINIMAL, degradation_trials(seeds=1, depths=(8, 20), probes=False,
+                                                        test_every=4))
     # Like an Optuna search: every trial its own configuration (lr varies), some stopped
     # early by ASHA.
-    search = [FakeTrial(depth, residual, 0, 0.1 + lr, 0.13 + lr, shortcut=shortcut, lr=lr,
-                        probes=False, status="stopped" if lr > 0.2 else "finished")
+    search = [fake_trial(depth, residual, 0, 0.1 + lr, 0.13 + lr, shortcut=shortcut, lr=lr,
+                         probes=False, status="stopped" if lr > 0.2 else "finished")
               for depth, residual, shortcut, lr in [(8, True, "A", 0.05), (20, True, "B", 0.12),
                                                     (8, False, "A", 0.25), (20, False, "A", 0.08),
                                                     (14, True, "C", 0.3)]]
-    write_study(uri, root, SEARCH, search)
+    record_study(uri, root, SEARCH, search)
     return uri
 
 

@@ -15,7 +15,6 @@ import urllib.request
 import pytest
 
 from analysis.report import run_url, runs_view_url, ui_base_url
-from analysis_fixtures import degradation_trials, new_store, write_study
 from orchestrator.cli import main as resweep
 
 STUDY = "ui-test"
@@ -31,17 +30,11 @@ def test_runs_view_and_run_addresses():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_store, record_study, degradation_trials):
     root = tmp_path_factory.mktemp("ui-store")
     uri = new_store(root)
-    write_study(uri, root, STUDY, degradation_trials(seeds=1, depths=(8, 14), probes=False))
+    record_study(uri, root, STUDY, degradation_trials(seeds=1, depths=(8, 14), probes=False))
     return uri
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_port_in_use_and_unknown_study_exit_2(store, capsys):
@@ -90,7 +83,7 @@ def _lines(stream, sink: queue.Queue) -> None:
 
 
 @pytest.mark.slow
-def test_ui_serves_the_store_on_localhost(store, capsys):
+def test_ui_serves_the_store_on_localhost(store, capsys, free_port):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ui = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",

@@ -10,14 +10,12 @@ import torch
 from search_spaces import expand_study, load_study
 from search_spaces.cost import (cache_path, calibrate, estimate, packing_share,
                                 wall_seconds)
-from tests.study_helpers import (FIXED_RATE, SMALL_STUDY, fixed_calibration,  # noqa: F401
-                                 run_cli, write)
 
 torch.set_num_threads(1)
 
 
-def test_plan_degradation_prints_nine_trials_and_totals(capsys, fixed_calibration):
-    code, out, err = run_cli(capsys, "plan", "search_spaces/degradation.yaml")
+def test_plan_degradation_prints_nine_trials_and_totals(capsys, fixed_calibration, run_cli):
+    code, out, err = run_cli("plan", "search_spaces/degradation.yaml")
     assert code == 0, err
     rows = [line for line in out.splitlines() if line.startswith(("plain-", "resnet-"))]
     assert len(rows) == 9
@@ -31,8 +29,8 @@ def test_plan_degradation_prints_nine_trials_and_totals(capsys, fixed_calibratio
     assert "cost model: reference H200" in out
 
 
-def test_plan_json_matches_the_expansion(capsys, fixed_calibration):
-    code, out, _ = run_cli(capsys, "plan", "search_spaces/degradation.yaml", "--json")
+def test_plan_json_matches_the_expansion(capsys, fixed_calibration, run_cli):
+    code, out, _ = run_cli("plan", "search_spaces/degradation.yaml", "--json")
     assert code == 0
     plan = json.loads(out)
     trials = expand_study(load_study("search_spaces/degradation.yaml"))
@@ -46,9 +44,10 @@ def test_plan_json_matches_the_expansion(capsys, fixed_calibration):
     assert plan["varied"] == ["residual", "depth"]
 
 
-def test_cost_model_arithmetic(tmp_path, capsys, fixed_calibration):
-    path = write(tmp_path, SMALL_STUDY)
-    code, out, _ = run_cli(capsys, "plan", str(path), "--json", "--cpus", "2",
+def test_cost_model_arithmetic(tmp_path, capsys, fixed_calibration, run_cli, study_file,
+                               small_study, fixed_rate):
+    path = study_file(small_study)
+    code, out, _ = run_cli("plan", str(path), "--json", "--cpus", "2",
                            "--set", "train.epochs=3", "--set", "train.eval_every=2")
     assert code == 0
     plan = json.loads(out)
@@ -57,7 +56,7 @@ def test_cost_model_arithmetic(tmp_path, capsys, fixed_calibration):
     # epoch, the 10,000 test images after epochs 2 and 3.
     assert (row["iterations"], row["epochs"], row["train_images"], row["eval_images"]) == \
         (6, 3, 768, 3 * 64 + 2 * 10_000)
-    expected = 5.0 + (3 * 768 + 20_192) * row["macs"] / FIXED_RATE
+    expected = 5.0 + (3 * 768 + 20_192) * row["macs"] / fixed_rate
     assert row["est_seconds"] == pytest.approx(expected, abs=0.06)
     seconds = [r["est_seconds"] for r in plan["trials"]]
     assert plan["totals"]["concurrency"] == 2
@@ -98,8 +97,8 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert json.loads(cache_path().read_text())["cpu/threads=1"]["measured"] == first.measured
 
 
-def test_plan_of_a_search_study_samples_the_space(capsys, fixed_calibration):
-    code, out, _ = run_cli(capsys, "plan", "search_spaces/search-optuna.yaml", "--json",
+def test_plan_of_a_search_study_samples_the_space(capsys, fixed_calibration, run_cli):
+    code, out, _ = run_cli("plan", "search_spaces/search-optuna.yaml", "--json",
                            "--set", "search.num_samples=5")
     plan = json.loads(out)
     assert code == 0 and len(plan["trials"]) == 5

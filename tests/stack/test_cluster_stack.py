@@ -1,8 +1,8 @@
 """The cluster stack's tracking half, run natively: PostgreSQL -> `mlflow server` -> resweep.
 
 docker-compose.yml cannot run here (no Docker engine), so this starts the same services
-from the binaries on the machine (tests/cluster_fixtures.py) and runs real studies with
-the real command, as README "Run on a cluster" says:
+from the binaries on the machine (fixtures of tests/conftest.py and tests/stack/conftest.py)
+and runs real studies with the real command, as README "Run on a cluster" says:
 
 1. `resweep run STUDY --tracking-uri http://127.0.0.1:PORT --storage DIR` (embedded Ray);
    every run, param, per-epoch metric and artifact is read back through the server;
@@ -15,7 +15,6 @@ the real command, as README "Run on a cluster" says:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -25,29 +24,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster_fixtures import MlflowServer, RayHead, StackUnavailable, postgres_server
-
 pytestmark = pytest.mark.slow
 
 RESWEEP = str(Path(sys.executable).with_name("resweep"))
 EPOCHS = 2
-PER_EPOCH_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_loss",
-                  "val_error", "test_loss", "test_error", "images_per_s", "elapsed_s")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(postgres, mlflow_server, tmp_path_factory):
     """A PostgreSQL cluster and an MLflow server on it; yields the MlflowServer."""
     base = tmp_path_factory.mktemp("stack")
-    with contextlib.ExitStack() as cleanup:
-        try:
-            pg = cleanup.enter_context(postgres_server())
-        except StackUnavailable as missing:
-            if os.environ.get("CI"):  # CI installs PostgreSQL: missing there is a bug
-                pytest.fail(f"PostgreSQL is not installed in CI: {missing}")
-            pytest.skip(f"PostgreSQL cannot run here: {missing}")
-        server = cleanup.enter_context(
-            MlflowServer(pg.sqlalchemy_uri, base / "artifacts", base / "logs"))
+    with mlflow_server(postgres.sqlalchemy_uri, base / "artifacts", base / "logs") as server:
         yield server
 
 
@@ -110,7 +97,7 @@ def snapshot(url: str, study: str, downloads: Path) -> dict:
     return out
 
 
-def check_study(snap: dict, study: str, study_file: Path) -> None:
+def check_study(snap: dict, study: str, study_file: Path, per_epoch_keys) -> None:
     """The contract of README "MLflow conventions", for a two-trial study run once."""
     assert snap["experiment_tags"]["mlflow.experimentKind"] == "custom_model_development"
     parents = [r for r in snap["runs"].values() if r["tags"]["resweep.kind"] == "study"]
@@ -126,7 +113,7 @@ def check_study(snap: dict, study: str, study_file: Path) -> None:
         assert child["tags"]["mlflow.parentRunId"] == parent_id
         assert child["tags"]["resweep.status"] == "finished" and child["status"] == "FINISHED"
         assert child["params"]["model.depth"] == "2" and child["params"]["train.epochs"] == "2"
-        for key in PER_EPOCH_KEYS:  # one value per epoch (test error: eval_every=1)
+        for key in per_epoch_keys:  # one value per epoch (test error: eval_every=1)
             assert len(child["metrics"][key]) == EPOCHS, (key, child["metrics"][key])
         assert [step for step, _ in child["metrics"]["val_error"]] == \
             [int(value) for _, value in child["metrics"]["epoch"]]
@@ -140,7 +127,8 @@ def check_study(snap: dict, study: str, study_file: Path) -> None:
         assert probes["gradient_norms"] and probes["layer_responses"] is not None
 
 
-def test_studies_survive_tracking_server_crashes(stack, tmp_path, monkeypatch):
+def test_studies_survive_tracking_server_crashes(stack, ray_head, per_epoch_keys, tmp_path,
+                                                   monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -151,7 +139,7 @@ def test_studies_survive_tracking_server_crashes(stack, tmp_path, monkeypatch):
     # 1. A study through the tracking server; everything reads back through it.
     resweep_run(first, "--tracking-uri", stack.url, "--storage", str(tmp_path / "results"))
     before = snapshot(stack.url, "cluster-first", downloads / "a")
-    check_study(before, "cluster-first", first)
+    check_study(before, "cluster-first", first, per_epoch_keys)
 
     # 2. Crash and restart: the same data, and a rerun has nothing left to do.
     stack.kill()
@@ -166,11 +154,11 @@ def test_studies_survive_tracking_server_crashes(stack, tmp_path, monkeypatch):
         {rid: r for rid, r in before["runs"].items() if r["tags"]["resweep.kind"] == "trial"}
 
     # 3. A second study on a Ray cluster with token authentication, then another crash.
-    with RayHead(tmp_path / "ray", num_cpus=2) as head:
+    with ray_head(tmp_path / "ray", num_cpus=2) as head:
         resweep_run(second, "--address", head.address, "--tracking-uri", stack.url,
                     "--storage", str(tmp_path / "results"), env=head.env)
     second_snap = snapshot(stack.url, "cluster-second", downloads / "d")
-    check_study(second_snap, "cluster-second", second)
+    check_study(second_snap, "cluster-second", second, per_epoch_keys)
     stack.kill()
     stack.start()
     assert snapshot(stack.url, "cluster-first", downloads / "e") == after_rerun

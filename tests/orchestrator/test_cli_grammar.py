@@ -12,7 +12,6 @@ import pytest
 
 from orchestrator.cli import COMMANDS, build_parser
 from orchestrator.cli import main as resweep
-from tests.study_helpers import fixed_calibration  # noqa: F401
 
 QUICK_STUDY = "search_spaces/degradation-quick.yaml"
 SHRINK = ["--set", "data.train_size=256", "--set", "data.val_size=100",

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
 import yaml
 
+import search_spaces
 from models.config import ModelConfig, settings
 from search_spaces import StudyError, expand_study, load_study, search_space
 from search_spaces.loading import load_yaml
 from search_spaces.schema import (SHIPPED, DataSpec, ModelSpec, ResourcesSpec, TrainSpec,
                                   schema_text, study_schema)
-from tests.study_helpers import (SHIPPED as SHIPPED_STUDIES, SMALL_STUDY,  # noqa: F401
-                                 fixed_calibration, run_cli, write)
 from workers.config import DataConfig, Resources, TrainConfig
 
 torch.set_num_threads(1)
+
+# The shipped studies, here for `parametrize` (the folder of the package being tested).
+SHIPPED_STUDIES = sorted(Path(search_spaces.__file__).parent.glob("*.yaml"))
 
 EXPECTED_TRIALS = {"degradation": 9, "degradation-quick": 4, "shortcuts": 12,
                    "bottleneck": 8, "width": 8, "gradient-flow": 8}
@@ -31,7 +34,7 @@ def test_every_expected_study_is_shipped():
 
 
 @pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=lambda p: p.stem)
-def test_shipped_study_loads_expands_and_plans(path, capsys, fixed_calibration):
+def test_shipped_study_loads_expands_and_plans(path, capsys, fixed_calibration, run_cli):
     study = load_study(path)
     assert study.name == path.stem
     first_line = path.read_text().splitlines()[0]
@@ -44,7 +47,7 @@ def test_shipped_study_loads_expands_and_plans(path, capsys, fixed_calibration):
         assert len(trials) == EXPECTED_TRIALS[study.name]
         assert len({t.trial_id for t in trials}) == len(trials)
         assert len({t.name for t in trials}) == len(trials)
-    code, out, err = run_cli(capsys, "plan", str(path), "--json")
+    code, out, err = run_cli("plan", str(path), "--json")
     assert code == 0, err
     plan = json.loads(out)
     assert plan["totals"]["trials"] == (study.search.num_samples if study.search
@@ -56,17 +59,17 @@ def test_shipped_study_validates_against_the_json_schema(path):
     jsonschema.validate(yaml.safe_load(path.read_text()), study_schema())
 
 
-def test_shipped_json_schema_is_up_to_date(capsys, tmp_path):
+def test_shipped_json_schema_is_up_to_date(capsys, tmp_path, run_cli):
     assert SHIPPED.read_text() == schema_text(), \
         "run: resweep schema --out search_spaces/study.schema.json"
-    code, out, _ = run_cli(capsys, "schema")
+    code, out, _ = run_cli("schema")
     assert code == 0 and json.loads(out) == json.loads(schema_text())
-    code, _, _ = run_cli(capsys, "schema", "--out", str(tmp_path / "s.json"))
+    code, _, _ = run_cli("schema", "--out", str(tmp_path / "s.json"))
     assert code == 0 and (tmp_path / "s.json").read_text() == schema_text()
 
 
-def test_schema_out_to_a_missing_folder_exits_2(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "schema", "--out", str(tmp_path / "no" / "s.json"))
+def test_schema_out_to_a_missing_folder_exits_2(capsys, tmp_path, run_cli):
+    code, _, err = run_cli("schema", "--out", str(tmp_path / "no" / "s.json"))
     assert code == 2 and "--out" in err and "Traceback" not in err
 
 
@@ -157,8 +160,8 @@ def test_loader_refuses_tags_and_duplicates_everywhere():
 
 # ---- overrides ------------------------------------------------------------------------
 
-def test_overrides_apply_before_validation(tmp_path):
-    path = write(tmp_path, SMALL_STUDY)
+def test_overrides_apply_before_validation(tmp_path, study_file, small_study):
+    path = study_file(small_study)
     study = load_study(path, ["train.epochs=3", "space.depth=[8]",
                               "space.train.lr=[0.1, 0.05]", "data.val_size=32"])
     trials = expand_study(study)
@@ -172,8 +175,8 @@ def test_overrides_apply_before_validation(tmp_path):
                                "space.train.lr=[0.1, 0.05]", "data.val_size=32")
 
 
-def test_an_overridden_value_is_checked_like_a_written_one(tmp_path):
-    path = write(tmp_path, SMALL_STUDY)
+def test_an_overridden_value_is_checked_like_a_written_one(tmp_path, study_file, small_study):
+    path = study_file(small_study)
     with pytest.raises(StudyError) as err:
         load_study(path, ["space.depth=[8, 9]"])
     assert str(err.value) == (

@@ -3,15 +3,13 @@
 import pytest
 
 from analysis.runs import load_study_runs, resolve_study
-from analysis_fixtures import (FakeTrial, degradation_trials, new_store, trial_config,
-                               write_study)
 from models.config import ConfigError
 
 STUDY = "runs-test"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_store, record_study, degradation_trials, fake_trial):
     """Two `resweep run`s: the first leaves plain-14 seed 0 failed and resnet-14 seed 1
     interrupted; the second reruns exactly those two, which finish."""
     root = tmp_path_factory.mktemp("store")
@@ -19,14 +17,15 @@ def store(tmp_path_factory):
     first = degradation_trials(seeds=2, depths=(8, 14))
     first[2].status = "failed"           # plain-14 seed 0
     first[7].status = "interrupted"      # resnet-14 seed 1
-    write_study(uri, root, STUDY, first, run_started="20261126-100000",
-                parent_status="FAILED")
-    rerun = [FakeTrial(14, False, 0, 0.101, 0.131), FakeTrial(14, True, 1, 0.091, 0.121)]
-    second = write_study(uri, root, STUDY, rerun, run_started="20261126-110000")
+    record_study(uri, root, STUDY, first, run_started="20261126-100000",
+                 parent_status="FAILED")
+    rerun = [fake_trial(14, False, 0, 0.101, 0.131), fake_trial(14, True, 1, 0.091, 0.121)]
+    second = record_study(uri, root, STUDY, rerun, run_started="20261126-110000")
     return uri, root, second
 
 
-def test_one_row_per_trial_with_parsed_params_and_final_metrics(store):
+def test_one_row_per_trial_with_parsed_params_and_final_metrics(store, trial_config,
+                                                                 fake_trial):
     uri, _, _ = store
     runs = load_study_runs(STUDY, uri)
     trials = runs.trials
@@ -37,7 +36,7 @@ def test_one_row_per_trial_with_parsed_params_and_final_metrics(store):
     assert plain14["model.depth"] == 14 and not plain14["model.residual"]
     assert plain14["model.width"] == 0.5 and plain14["train.epochs"] == 4
     assert plain14["data.root"] is None and plain14["train_error"] == pytest.approx(0.101)
-    assert plain14["trial_id"] == trial_config(STUDY, FakeTrial(14, False, 0, 0, 0)).trial_id
+    assert plain14["trial_id"] == trial_config(STUDY, fake_trial(14, False, 0, 0, 0)).trial_id
     assert plain14["label"] == "plain-14" and plain14["series"] == "plain"
     assert plain14["params"] == 14000 and plain14["mlflow_status"] == "FINISHED"
     assert set(runs.varying) == {"model.depth", "model.residual"}

@@ -15,8 +15,6 @@ import pytest
 
 from orchestrator.cli import main as resweep
 from search_spaces import expand_study, load_study
-from tests.run_fixtures import (MLP, PER_EPOCH_KEYS, SMALL_CNN, client_for, steps, study_runs,
-                                wait_for, write_study)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -41,7 +39,15 @@ def run(study, tmp_path, uri, *extra):
                     "--storage", str(tmp_path / "ray_results"), "--quiet", *extra])
 
 
-def assert_trial_recorded(uri, child, parent_id, epochs, trial):
+@pytest.fixture
+def assert_trial_recorded(client_for, steps, per_epoch_keys):
+    """assert_trial_recorded(uri, child, parent_id, epochs, trial): the child run records
+    the trial in full (tags, params, every epoch's metrics, artifacts)."""
+    return lambda *args: _assert_trial_recorded(client_for, steps, per_epoch_keys, *args)
+
+
+def _assert_trial_recorded(client_for, steps, per_epoch_keys, uri, child, parent_id, epochs,
+                           trial):
     tags, params = child.data.tags, child.data.params
     assert tags["mlflow.parentRunId"] == parent_id
     assert tags["resweep.trial_id"] == trial.trial_id
@@ -52,7 +58,7 @@ def assert_trial_recorded(uri, child, parent_id, epochs, trial):
     for key in ("model.block", "model.shortcut", "model.width", "data.dataset", "train.lr",
                 "seed"):
         assert key in params
-    for key in PER_EPOCH_KEYS:  # every epoch once, step = epoch
+    for key in per_epoch_keys:  # every epoch once, step = epoch
         assert steps(uri, child.info.run_id, key) == list(range(1, epochs + 1)), key
     assert child.data.metrics["params"] > 0 and child.data.metrics["macs"] > 0
     client = client_for(uri)
@@ -65,10 +71,11 @@ def assert_trial_recorded(uri, child, parent_id, epochs, trial):
     assert trial_json["trial_id"] == trial.trial_id
 
 
-def test_grid_two_at_a_time_every_epoch_in_sqlite_then_extend_by_one_cell(local_ray, tmp_path):
+def test_grid_two_at_a_time_every_epoch_in_sqlite_then_extend_by_one_cell(
+        local_ray, tmp_path, write_study, study_runs, client_for, assert_trial_recorded):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = {"depth": [2, 4], "residual": [False, True]}
-    study = write_study(tmp_path, "grid-local", space=space)
+    study = write_study("grid-local", space=space)
     assert run(study, tmp_path, uri, "--max-concurrent", "2") == 0
 
     parents, children = study_runs(uri, "grid-local")
@@ -96,7 +103,7 @@ def test_grid_two_at_a_time_every_epoch_in_sqlite_then_extend_by_one_cell(local_
     assert len(study_runs(uri, "grid-local")[1]) == 4
 
     # Extend the study by one cell (a residual depth-6 net): only that cell runs.
-    write_study(tmp_path, "grid-local", space={"depth": [2, 4, 6], "residual": [False, True]},
+    write_study("grid-local", space={"depth": [2, 4, 6], "residual": [False, True]},
                 constraints=[{"when": {"depth": 6, "residual": False}, "skip": True}])
     before = {c.info.run_id: c.info.end_time for c in children}
     assert run(study, tmp_path, uri) == 0
@@ -110,15 +117,14 @@ def test_grid_two_at_a_time_every_epoch_in_sqlite_then_extend_by_one_cell(local_
         == before  # the finished trials were not touched
 
 
-def test_tracking_server_and_a_diverged_trial(local_ray, tmp_path):
-    from tests.cluster_fixtures import MlflowServer
-
-    server = MlflowServer(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
-                          tmp_path / "logs")
+def test_tracking_server_and_a_diverged_trial(local_ray, tmp_path, mlflow_server, write_study, mlp,
+                                              study_runs, assert_trial_recorded):
+    server = mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
+                           tmp_path / "logs")
     with server:
         # lr 1e4 blows the loss up in the first epoch: recorded as diverged, study goes on.
-        study = write_study(tmp_path, "grid-server", space={"train.lr": [0.02, 1.0e4]},
-                            epochs=2, lr=None, model={**MLP, "depth": 2})
+        study = write_study("grid-server", space={"train.lr": [0.02, 1.0e4]},
+                            epochs=2, lr=None, model={**mlp, "depth": 2})
         assert run(study, tmp_path, server.url, "--max-concurrent", "2") == 0
         parents, children = study_runs(server.url, "grid-server")
         assert len(parents) == 1 and len(children) == 2
@@ -134,10 +140,11 @@ def test_tracking_server_and_a_diverged_trial(local_ray, tmp_path):
         assert parents[0].data.tags["resweep.trials.diverged"] == "1"
 
 
-def test_search_optuna_proposes_asha_stops_some_early(local_ray, tmp_path):
+def test_search_optuna_proposes_asha_stops_some_early(local_ray, tmp_path, write_study, study_runs,
+                                                      steps):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     study = write_study(
-        tmp_path, "search-local", epochs=4, design="search", lr=None,
+        "search-local", epochs=4, design="search", lr=None,
         space={"depth": {"choice": [2, 4, 6]},
                "train.lr": {"float": {"low": 0.001, "high": 0.3, "log": True}}},
         search={"algorithm": "optuna-tpe", "num_samples": 8, "metric": "val_error",
@@ -163,11 +170,12 @@ def test_search_optuna_proposes_asha_stops_some_early(local_ray, tmp_path):
     assert parents[0].data.tags["resweep.best_trial"]
 
 
-def test_worker_killed_mid_trial_resumes_from_its_checkpoint(local_ray, tmp_path):
+def test_worker_killed_mid_trial_resumes_from_its_checkpoint(
+        local_ray, tmp_path, write_study, small_cnn, study_runs, steps, client_for, wait_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 5
-    study = write_study(tmp_path, "kill-worker", space={"residual": [False, True]},
-                        epochs=epochs, model=SMALL_CNN, lr=0.05)
+    study = write_study("kill-worker", space={"residual": [False, True]},
+                        epochs=epochs, model=small_cnn, lr=0.05)
     killed: list[str] = []
     killed_at_epoch: list[int] = []  # the victim's last epoch logged when it was killed
 
@@ -221,11 +229,12 @@ def test_worker_killed_mid_trial_resumes_from_its_checkpoint(local_ray, tmp_path
     assert [m.value for m in history] == [per_epoch * e for e in range(1, epochs + 1)]
 
 
-def test_failed_trial_is_listed_and_exit_status_is_1(local_ray, tmp_path, capsys):
+def test_failed_trial_is_listed_and_exit_status_is_1(local_ray, tmp_path, capsys, write_study, mlp,
+                                                     study_runs, client_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # A worker that cannot find its data set raises: Tune retries it (--max-failures 1),
     # then it counts as failed while the other trial finishes.
-    study = write_study(tmp_path, "one-fails", epochs=1, model={**MLP, "depth": 2},
+    study = write_study("one-fails", epochs=1, model={**mlp, "depth": 2},
                         space={"data.root": [None, str(tmp_path / "no-such-folder")]})
     assert run(study, tmp_path, uri, "--max-failures", "1") == 1
     out = capsys.readouterr().out

@@ -182,20 +182,8 @@ def test_data_and_model_must_fit(tmp_path):
 
 # -- image folders (ImageNet layout) -----------------------------------------------------
 
-def _write_tree(root, per_class: dict[str, int]) -> None:
-    from PIL import Image
-    rng = np.random.default_rng(1)
-    for split, count in per_class.items():
-        for cls in ("ant", "bee", "cat"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{cls}{i}.png")
-
-
-def test_image_folder_loader_reads_a_generated_tree(tmp_path):
-    _write_tree(tmp_path, {"train": 4, "val": 2})
+def test_image_folder_loader_reads_a_generated_tree(tmp_path, image_tree):
+    image_tree({"train": 4, "val": 2})
     model = ModelConfig(depth=8, width=0.25, in_channels=3, image_size=32, num_classes=3)
     config = TrialConfig(name="t", model=model, seed=1,
                          data=DataConfig(dataset="imagenet", root=str(tmp_path), val_size=3))

@@ -165,9 +165,8 @@ def test_bf16_label_smoothing_grad_clipping_and_nesterov_run_on_the_cpu():
     assert first["iteration"] == 2 and first["lr"] == pytest.approx(0.1)   # cosine from its peak
 
 
-def test_an_image_folder_trial_trains_through_the_dataloader_path(tmp_path):
-    from test_workers_data import _write_tree
-    _write_tree(tmp_path, {"train": 4, "val": 2})
+def test_an_image_folder_trial_trains_through_the_dataloader_path(tmp_path, image_tree):
+    image_tree({"train": 4, "val": 2})
     config = TrialConfig(
         name="folder", seed=0,
         model=ModelConfig(depth=8, width=0.25, in_channels=3, image_size=32, num_classes=3),

@@ -12,30 +12,33 @@ import signal
 
 import pytest
 
-from tests.run_fixtures import (MLP, SMALL_CNN, PER_EPOCH_KEYS, ray_head, run_in_subprocess,
-                                steps, study_runs, wait_for, write_study)
-
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_head, tmp_path_factory):
     with ray_head(tmp_path_factory.mktemp("ray-head")) as head:
         yield head
 
 
-def resweep_on(cluster, study, tmp_path, uri, *extra):
-    args = ["run", str(study), "--address", cluster.address, "--tracking-uri", uri,
-            "--storage", str(tmp_path / "ray_results"), "--quiet", *extra]
-    return run_in_subprocess(args, tmp_path, env={"RAY_AUTH_MODE": "token"})
+@pytest.fixture
+def resweep_on(cluster, run_in_subprocess, tmp_path):
+    """resweep_on(study, uri, *extra): a `resweep run --address` driver for the cluster,
+    with the head's token in its environment."""
+    def start(study, uri, *extra):
+        args = ["run", str(study), "--address", cluster.address, "--tracking-uri", uri,
+                "--storage", str(tmp_path / "ray_results"), "--quiet", *extra]
+        return run_in_subprocess(args, tmp_path, env=cluster.env)
+    return start
 
 
-def test_run_on_a_ray_cluster_with_address(cluster, tmp_path):
+def test_run_on_a_ray_cluster_with_address(cluster, tmp_path, resweep_on, write_study, mlp,
+                                           study_runs, steps, per_epoch_keys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    study = write_study(tmp_path, "on-cluster", space={"depth": [2, 4]}, epochs=2,
-                        model=MLP)
+    study = write_study("on-cluster", space={"depth": [2, 4]}, epochs=2,
+                        model=mlp)
     # --ship-code: the project's packages travel as the job's runtime env (py_modules).
-    driver = resweep_on(cluster, study, tmp_path, uri, "--ship-code")
+    driver = resweep_on(study, uri, "--ship-code")
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
     parents, children = study_runs(uri, "on-cluster")
@@ -43,16 +46,17 @@ def test_run_on_a_ray_cluster_with_address(cluster, tmp_path):
     assert len(children) == 2
     for child in children:
         assert child.data.tags["resweep.status"] == "finished"
-        for key in PER_EPOCH_KEYS:
+        for key in per_epoch_keys:
             assert steps(uri, child.info.run_id, key) == [1, 2]
 
 
-def test_driver_killed_mid_study_rerun_completes_without_duplicates(cluster, tmp_path):
+def test_driver_killed_mid_study_rerun_completes_without_duplicates(
+        cluster, tmp_path, resweep_on, write_study, small_cnn, study_runs, steps, wait_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 4
-    study = write_study(tmp_path, "driver-kill", space={"residual": [False, True]},
-                        epochs=epochs, model=SMALL_CNN, lr=0.05)
-    driver = resweep_on(cluster, study, tmp_path, uri, "--max-concurrent", "1")
+    study = write_study("driver-kill", space={"residual": [False, True]},
+                        epochs=epochs, model=small_cnn, lr=0.05)
+    driver = resweep_on(study, uri, "--max-concurrent", "1")
 
     def one_done_one_midway():
         _, children = study_runs(uri, "driver-kill")
@@ -69,7 +73,7 @@ def test_driver_killed_mid_study_rerun_completes_without_duplicates(cluster, tmp
         driver.communicate(timeout=30)
     finished_before = {c.info.run_id: c.info.end_time for c in done}
 
-    rerun = resweep_on(cluster, study, tmp_path, uri)
+    rerun = resweep_on(study, uri)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert "1 finished" in output and "(+1 done earlier)" in output, output
@@ -91,12 +95,14 @@ def test_driver_killed_mid_study_rerun_completes_without_duplicates(cluster, tmp
     assert midway[0].info.run_id in {c.info.run_id for c in children}
 
 
-def test_ctrl_c_exits_130_and_the_printed_command_resumes(cluster, tmp_path):
+def test_ctrl_c_exits_130_and_the_printed_command_resumes(
+        cluster, tmp_path, resweep_on, run_in_subprocess, write_study, small_cnn, study_runs,
+        steps, wait_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 3
-    study = write_study(tmp_path, "ctrl-c", space={"residual": [True]}, epochs=epochs,
-                        model=SMALL_CNN, lr=0.05)
-    driver = resweep_on(cluster, study, tmp_path, uri)
+    study = write_study("ctrl-c", space={"residual": [True]}, epochs=epochs,
+                        model=small_cnn, lr=0.05)
+    driver = resweep_on(study, uri)
 
     def midway():
         _, children = study_runs(uri, "ctrl-c")
@@ -114,7 +120,7 @@ def test_ctrl_c_exits_130_and_the_printed_command_resumes(cluster, tmp_path):
     assert child.data.tags["resweep.status"] == "interrupted"
     assert "resweep.checkpoint" in child.data.tags
 
-    rerun = run_in_subprocess(resume.split()[1:], tmp_path, env={"RAY_AUTH_MODE": "token"})
+    rerun = run_in_subprocess(resume.split()[1:], tmp_path, env=cluster.env)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     parents, (again,) = study_runs(uri, "ctrl-c")

@@ -14,7 +14,7 @@ from bench import gpu_estimate as bench
 from search_spaces import expand_study, load_study
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # ../shared/ANCHORS.md, one H200: CUDA graph + bf16 + channels_last, batch 128, images/s
 H200_GRAPH = {("resnet20", "engine-graph"): 63_500, ("resnet56", "engine-graph"): 23_600,

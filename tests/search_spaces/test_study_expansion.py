@@ -10,7 +10,6 @@ from models.config import ConfigError, ModelConfig
 from search_spaces import (InfeasibleParams, StudyError, expand_study, load_study,
                            load_study_text, search_space, trial_from_params)
 from search_spaces.expand import model_stats
-from tests.study_helpers import SMALL_STUDY
 
 torch.set_num_threads(1)
 
@@ -57,39 +56,39 @@ name: small
 """
 
 
-def test_trial_id_ignores_key_order_formatting_and_expansion_order():
-    a, b = trials_of(SMALL_STUDY), trials_of(REFORMATTED)
+def test_trial_id_ignores_key_order_formatting_and_expansion_order(small_study):
+    a, b = trials_of(small_study), trials_of(REFORMATTED)
     assert ids(a) == ids(b) and len(a) == 4
     assert [t.trial_id for t in a] != [t.trial_id for t in b]  # other order, same trials
     assert {t.name: t.trial_id for t in a} == {t.name: t.trial_id for t in b}
 
 
-def test_trial_id_ignores_where_a_trial_runs_but_not_what_it_computes():
-    base = ids(trials_of(SMALL_STUDY))
-    assert ids(trials_of(SMALL_STUDY, ["resources.cpu=2", "train.threads=2",
+def test_trial_id_ignores_where_a_trial_runs_but_not_what_it_computes(small_study):
+    base = ids(trials_of(small_study))
+    assert ids(trials_of(small_study, ["resources.cpu=2", "train.threads=2",
                                        "name=renamed", "description=x"])) == base
-    assert ids(trials_of(SMALL_STUDY, ["train.lr=0.05"])).isdisjoint(base)
-    assert ids(trials_of(SMALL_STUDY, ["repeats=2"])) > base  # seed 0 kept, seed 1 added
+    assert ids(trials_of(small_study, ["train.lr=0.05"])).isdisjoint(base)
+    assert ids(trials_of(small_study, ["repeats=2"])) > base  # seed 0 kept, seed 1 added
 
 
-def test_extending_a_study_keeps_the_ids_of_existing_cells():
-    before = ids(trials_of(SMALL_STUDY))
-    after = ids(trials_of(SMALL_STUDY, ["space.depth=[8, 14, 20]"]))
+def test_extending_a_study_keeps_the_ids_of_existing_cells(small_study):
+    before = ids(trials_of(small_study))
+    after = ids(trials_of(small_study, ["space.depth=[8, 14, 20]"]))
     assert before < after and len(after - before) == 2
 
 
 # ---- merging --------------------------------------------------------------------------
 
-def test_plain_nets_merge_across_shortcut_options():
-    trials = trials_of(SMALL_STUDY, ["space.shortcut=[A, B, C]", "space.depth=[8]"])
+def test_plain_nets_merge_across_shortcut_options(small_study):
+    trials = trials_of(small_study, ["space.shortcut=[A, B, C]", "space.depth=[8]"])
     assert sorted(t.name for t in trials) == [
         "plain-8-A-w0.25-s0", "resnet-8-A-w0.25-s0", "resnet-8-B-w0.25-s0",
         "resnet-8-C-w0.25-s0"]
     assert all(t.model.shortcut == "A" for t in trials if not t.model.residual)
 
 
-def test_equal_values_written_differently_merge():
-    trials = trials_of(SMALL_STUDY.replace("width: 0.25", "depth: 8"),
+def test_equal_values_written_differently_merge(small_study):
+    trials = trials_of(small_study.replace("width: 0.25", "depth: 8"),
                        ["space.depth=null", "space.width=[1, 1.0, 0.25]"])
     assert len(trials) == 4  # 2 residual x 2 distinct widths
     assert all(isinstance(t.model.width, float) for t in trials)
@@ -111,20 +110,20 @@ def test_paper_parameter_counts_reach_the_plan():
 
 # ---- constraints ----------------------------------------------------------------------
 
-def test_skip_drops_exactly_the_matching_cells():
+def test_skip_drops_exactly_the_matching_cells(small_study):
     rule = "constraints=[{when: {residual: false, depth: 14}, skip: true}]"
-    trials = trials_of(SMALL_STUDY, [rule])
+    trials = trials_of(small_study, [rule])
     assert cells(trials) == {(False, 8, "basic", "A", 0.25), (True, 8, "basic", "A", 0.25),
                              (True, 14, "basic", "A", 0.25)}
 
 
-def test_when_lists_mean_any_of():
+def test_when_lists_mean_any_of(small_study):
     rule = "constraints=[{when: {depth: [8, 14], residual: false}, skip: true}]"
-    assert {t.model.residual for t in trials_of(SMALL_STUDY, [rule])} == {True}
+    assert {t.model.residual for t in trials_of(small_study, [rule])} == {True}
 
 
-def test_require_keeps_only_matching_cells_when_the_condition_holds():
-    text = SMALL_STUDY.replace("residual: [false, true]", "block: [basic, bottleneck]") \
+def test_require_keeps_only_matching_cells_when_the_condition_holds(small_study):
+    text = small_study.replace("residual: [false, true]", "block: [basic, bottleneck]") \
         .replace("[8, 14]", "[8, 11, 14, 20]")
     rules = ("constraints=[{when: {block: basic}, require: {depth: [8, 14, 20]}},"
              " {when: {block: bottleneck}, require: {depth: [11, 20]}}]")
@@ -133,28 +132,28 @@ def test_require_keeps_only_matching_cells_when_the_condition_holds():
         ("basic", 8), ("basic", 14), ("basic", 20), ("bottleneck", 11), ("bottleneck", 20)}
 
 
-def test_constraints_see_fixed_values_defaults_and_train_keys():
+def test_constraints_see_fixed_values_defaults_and_train_keys(small_study):
     fixed = "constraints=[{when: {family: cifar}, require: {depth: 8}}]"
-    assert {t.model.depth for t in trials_of(SMALL_STUDY, [fixed])} == {8}
+    assert {t.model.depth for t in trials_of(small_study, [fixed])} == {8}
     default = "constraints=[{when: {shortcut: A, residual: true}, skip: true}]"  # A: default
-    assert {t.model.residual for t in trials_of(SMALL_STUDY, [default])} == {False}
+    assert {t.model.residual for t in trials_of(small_study, [default])} == {False}
     train = ["space.train.lr=[0.1, 0.01]",
              "constraints=[{when: {train.lr: 0.01}, require: {depth: 14}}]"]
-    assert {(t.train.lr, t.model.depth) for t in trials_of(SMALL_STUDY, train)} == {
+    assert {(t.train.lr, t.model.depth) for t in trials_of(small_study, train)} == {
         (0.1, 8), (0.1, 14), (0.01, 14)}
 
 
-def test_constraints_judge_cells_as_written_before_normalisation():
+def test_constraints_judge_cells_as_written_before_normalisation(small_study):
     # "plain nets have no shortcut choice": written as a rule, the plain B/C cells go.
     rule = ["space.shortcut=[A, B]", "space.depth=[8]",
             "constraints=[{when: {residual: false}, require: {shortcut: A}}]"]
-    trials = trials_of(SMALL_STUDY, rule)
+    trials = trials_of(small_study, rule)
     assert sorted(t.name for t in trials) == [
         "plain-8-A-w0.25-s0", "resnet-8-A-w0.25-s0", "resnet-8-B-w0.25-s0"]
 
 
-def test_a_constraint_can_rescue_an_impossible_cell():
-    text = SMALL_STUDY.replace("[8, 14]", "[8, 21]")
+def test_a_constraint_can_rescue_an_impossible_cell(small_study):
+    text = small_study.replace("[8, 14]", "[8, 21]")
     with pytest.raises(StudyError):
         trials_of(text)
     trials = trials_of(text, ["constraints=[{when: {depth: 21}, skip: true}]"])
@@ -192,16 +191,16 @@ def test_ablation_runs_the_baseline_once_and_one_factor_at_a_time():
     assert len(trials) == 12 and {t.seed for t in trials} == {0, 1}
 
 
-def test_explicit_seeds():
-    trials = trials_of(SMALL_STUDY + "seeds: [3, 7]\n")
+def test_explicit_seeds(small_study):
+    trials = trials_of(small_study + "seeds: [3, 7]\n")
     assert {t.seed for t in trials} == {3, 7} and len(trials) == 8
     assert {t.name.rsplit("-", 1)[1] for t in trials} == {"s3", "s7"}
 
 
 # ---- names ----------------------------------------------------------------------------
 
-def test_names_are_readable_and_unique():
-    trials = trials_of(SMALL_STUDY, ["space.train.batch_size=[64, 128]",
+def test_names_are_readable_and_unique(small_study):
+    trials = trials_of(small_study, ["space.train.batch_size=[64, 128]",
                                      "space.width=[0.25, 0.5]", "model.width=null"])
     names = [t.name for t in trials]
     assert "plain-8-A-w0.25-batch_size64-s0" in names
@@ -209,8 +208,8 @@ def test_names_are_readable_and_unique():
     assert len(set(names)) == len(names) == 16
 
 
-def test_colliding_names_get_a_trial_id_suffix():
-    trials = trials_of(SMALL_STUDY, ["space.train.lr=[0.1, 0.1000001]", "space.depth=[8]",
+def test_colliding_names_get_a_trial_id_suffix(small_study):
+    trials = trials_of(small_study, ["space.train.lr=[0.1, 0.1000001]", "space.depth=[8]",
                                      "space.residual=[true]"])
     assert len(trials) == 2
     assert {t.name for t in trials} == {f"resnet-8-A-w0.25-lr0.1-s0-{t.trial_id[:6]}"

@@ -4,13 +4,15 @@ traceback. One row per mistake; each row is a complete file (or a --set) of its 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.study_helpers import SMALL_STUDY, fixed_calibration, run_cli, write  # noqa: F401
-
 torch.set_num_threads(1)
+
+# The small study of the conftest (its `small_study` fixture), needed here at import time.
+SMALL_STUDY = (Path(__file__).parent / "data" / "small.yaml").read_text()
 
 SEARCH = """\
 name: s
@@ -177,10 +179,10 @@ constraints:
 
 @pytest.mark.parametrize("case_id,text,overrides,expected", CASES, ids=[c[0] for c in CASES])
 def test_malformed_study_exits_2_with_key_path(case_id, text, overrides, expected, tmp_path,
-                                               capsys, fixed_calibration):
-    path = write(tmp_path, text)
+                                               capsys, fixed_calibration, run_cli, study_file):
+    path = study_file(text)
     argv = ["plan", str(path)] + [a for o in overrides for a in ("--set", o)]
-    code, out, err = run_cli(capsys, *argv)
+    code, out, err = run_cli(*argv)
     assert code == 2, (case_id, out, err)
     assert "Traceback" not in err and "Traceback" not in out
     lines = err.strip().splitlines()
@@ -193,7 +195,8 @@ def test_there_are_at_least_25_malformed_cases():
     assert len(CASES) >= 25
 
 
-def test_all_problems_of_a_file_reported_at_once(tmp_path, capsys, fixed_calibration):
+def test_all_problems_of_a_file_reported_at_once(tmp_path, capsys, fixed_calibration, run_cli,
+                                                  study_file):
     text = """\
 name: bad study
 data: {dataset: cifar11, foo: 1}
@@ -206,8 +209,8 @@ space:
   bogus: [1]
 repeats: -1
 """
-    path = write(tmp_path, text)
-    code, _, err = run_cli(capsys, "plan", str(path), "--set", "train.epochz=3")
+    path = study_file(text)
+    code, _, err = run_cli("plan", str(path), "--set", "train.epochz=3")
     assert code == 2
     lines = [line.removeprefix("resweep plan: error: ") for line in err.strip().splitlines()]
     expected = ["name", "data.dataset", "data.foo", "train.lr", "train.recipe",
@@ -222,6 +225,6 @@ repeats: -1
     assert file_lines == sorted(file_lines) and len(file_lines) == len(expected) - 1
 
 
-def test_missing_file_exits_2(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "plan", str(tmp_path / "nope.yaml"))
+def test_missing_file_exits_2(tmp_path, capsys, run_cli):
+    code, _, err = run_cli("plan", str(tmp_path / "nope.yaml"))
     assert code == 2 and "does not exist" in err and "Traceback" not in err

@@ -1,0 +1,320 @@
+"""What the tests of several packages share, and a sandbox for the whole session.
+
+The sandbox (autouse, session): HOME, the calibration cache ($RESWEEP_CACHE_DIR) live in a
+temporary folder; $MLFLOW_TRACKING_URI and $RAY_ADDRESS are unset, so a developer's
+environment cannot point a test at a real store or cluster; the checkout's root comes first
+on $PYTHONPATH, so subprocesses (`resweep`, `ray start`, Ray workers) run this checkout's
+code, not whatever the venv's editable install points at.
+
+Fixtures that hand out a helper (a function or a class) are session-scoped, so module-
+scoped fixtures can use them too:
+
+    free_port()                                   a TCP port nothing listens on
+    wait_for(predicate, timeout, interval, what)  poll until truthy, else TimeoutError
+    kill_group(process, sig, grace_s)             signal a start_new_session process group
+    ray_head(workdir, num_cpus=2)                 `with` a token-authenticated `ray start --head`
+    mlflow_server(backend_uri, artifacts, logs)   `with` an `mlflow server` (its own group)
+    per_epoch_keys                                the metrics a trial logs every epoch
+    fixed_calibration                             a calibration cache with a known rate
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Known throughput so estimates are exact numbers in tests (1 GMAC/s training).
+FIXED_RATE = 1e9
+
+PER_EPOCH_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_loss",
+                  "val_error", "test_loss", "test_error", "images_per_s", "elapsed_s")
+
+
+# ---- the session sandbox ---------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory) -> Iterator[Path]:
+    """HOME and the calibration cache in a temporary folder, no tracking URI or Ray
+    address from outside, the checkout first on PYTHONPATH; restored afterwards."""
+    home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)
+    os.environ["HOME"] = str(home)
+    os.environ["RESWEEP_CACHE_DIR"] = str(home / ".cache" / "resweep")
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *path])
+    yield home
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+# ---- processes and ports ---------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 10):
+    """Signal a process group started with start_new_session; SIGKILL what outlives it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    """wait_for(predicate, timeout, interval=0.2, what=...) -> the first truthy value."""
+    return _wait_for
+
+
+@pytest.fixture(scope="session")
+def kill_group():
+    """kill_group(process, sig=SIGTERM, grace_s=10): stop a whole process group."""
+    return _kill_group
+
+
+@pytest.fixture(scope="session")
+def per_epoch_keys() -> tuple[str, ...]:
+    """The metrics every trial logs once per epoch (step = epoch)."""
+    return PER_EPOCH_KEYS
+
+
+# ---- the cluster stack's parts, run natively ---------------------------------------------
+
+class StackError(RuntimeError):
+    """A part of the stack is installed but failed to start or stop (with its log)."""
+
+
+class RayHead:
+    """`ray start --head --block` on 127.0.0.1 with token authentication (as the compose
+    `ray-head`), in its own process group.
+
+    The token is passed as RAY_AUTH_TOKEN (as the stack's .env does); a driver reaches the
+    head with `--address 127.0.0.1:PORT` and `env=head.env`. Stopped by signalling its
+    process group, never with `ray stop` (that stops every Ray on the machine, other test
+    sessions' too); users stop theirs with `ray stop`.
+    """
+
+    def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120):
+        self.log_dir = Path(log_dir)
+        self.num_cpus = num_cpus
+        self.start_timeout_s = start_timeout_s
+        self.port = _free_port()
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"ray-head-{self.port}.log"
+
+    def start(self) -> "RayHead":
+        ray = Path(sys.executable).with_name("ray")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Every port with a fixed default gets a free one: other Rays may run here. No
+        # Ray Client server (--ray-client-server-port): it needs ray[client], which only the
+        # image installs (docker/requirements-cluster.txt).
+        command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                   "--port", str(self.port), "--num-cpus", str(self.num_cpus),
+                   "--num-gpus", "0", "--include-dashboard", "false",
+                   "--dashboard-port", str(_free_port()),
+                   "--dashboard-agent-listen-port", str(_free_port()),
+                   "--disable-usage-stats"]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, env=dict(os.environ, **self.env),
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"ray start --head exited with {self.process.returncode}:\n"
+                                 f"{self.log.read_text(errors='replace')[-3000:]}")
+            if b"Ray runtime started" in self.log.read_bytes():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"ray start --head not up after {self.start_timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        _kill_group(self.process, grace_s=15)
+        self.process = None
+
+
+@contextlib.contextmanager
+def _ray_head(log_dir: Path, num_cpus: int = 2) -> Iterator[RayHead]:
+    """A started head; one retry on fresh ports (a port taken between our probe and
+    Ray's bind, by another process on this shared machine, fails the start)."""
+    try:
+        head = RayHead(log_dir, num_cpus).start()
+    except StackError:
+        head = RayHead(log_dir, num_cpus).start()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """`with ray_head(log_dir, num_cpus=2) as head:` head.address, head.env (for drivers)."""
+    return _ray_head
+
+
+class MlflowServer:
+    """`mlflow server` with proxied artifacts (the compose `mlflow` service's flags), in its
+    own process group.
+
+    `mlflow server` forks a handful of helper processes (uvicorn workers, ...): starting it
+    with a new session and signalling the whole group is the only way to stop all of them.
+    """
+
+    def __init__(self, backend_store_uri: str, artifacts_dir: Path, log_dir: Path,
+                 port: int | None = None, start_timeout_s: float = 120):
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_dir = Path(artifacts_dir)
+        self.log_dir = Path(log_dir)
+        self.port = port or _free_port()
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        """The same flags as the compose `mlflow` service, except the artifact store."""
+        mlflow = Path(sys.executable).with_name("mlflow")
+        return [str(mlflow), "server",
+                "--backend-store-uri", self.backend_store_uri,
+                "--artifacts-destination", self.artifacts_dir.as_uri(),
+                "--serve-artifacts",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", "1"]  # 2 shared cores: one worker answers a test's requests
+
+    def start(self) -> "MlflowServer":
+        """Start the server and wait until /health answers (raises StackError)."""
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"mlflow-server-{self.starts}.log", "wb")
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"mlflow server exited with {self.process.returncode}:\n"
+                                 f"{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.kill()
+        raise StackError(f"mlflow server not healthy after {self.start_timeout_s} s:\n"
+                         f"{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.log_dir / f"mlflow-server-{self.starts}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (`kill -- -PGID`) and reap the leader.
+
+        SIGKILL by default: a crash, with no chance to flush anything; what clients were
+        told is recorded must already be in the backend store and the artifact store.
+        """
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session: the leader's pid is the group id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # helpers that outlived a SIGTERM
+        self.process = None
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """`with mlflow_server(backend_uri, artifacts_dir, log_dir) as server:` server.url;
+    server.kill() and server.start() crash and restart it."""
+    return MlflowServer
+
+
+# ---- the calibration cache -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def fixed_rate() -> float:
+    """The training throughput (MAC/s) that `fixed_calibration` records."""
+    return FIXED_RATE
+
+
+@pytest.fixture
+def fixed_calibration(tmp_path, monkeypatch):
+    """A calibration cache with a known CPU throughput, in a private folder."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    entry = {"device": "cpu", "macs_per_s": FIXED_RATE, "images_per_s": 100.0,
+             "measured": "fixed-for-tests"}
+    cache = {f"cpu/threads={n}": {**entry, "threads": n} for n in (1, 2, 4, 8, 16)}
+    (folder / "calibration.json").write_text(json.dumps(cache))
+    monkeypatch.setenv("RESWEEP_CACHE_DIR", str(folder))
+    return folder
