@@ -11,7 +11,7 @@ error was one line without a traceback, and whether it names what the case expec
     python bench/hostile.py --only laughs   # the cases whose name contains "laughs"
 
 The targets (issue 14): exit 2 within 2 s and 300 MB on a 2-core machine. Nothing here
-is a timed test: tests/test_hostile_study.py runs the same cases and asserts the exit
+is a timed test: tests/search_spaces/test_hostile_study.py runs the same cases and asserts the exit
 status and the message only.
 """
 

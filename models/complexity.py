@@ -9,7 +9,7 @@ Two ways to the same numbers:
 - `count_macs(cfg)` / `measured_model_stats(cfg)`: build the network on the meta device
   (no real memory), count `p.numel()` of its parameters and run one (1, C, H, W) input
   through it, summing from forward hooks. The reference the closed form is tested against
-  (tests/test_closed_form_counts.py), and the fallback for a family without a closed form.
+  (tests/models/test_closed_form_counts.py), and the fallback for a family without a closed form.
 
 What is counted (the paper's Table 1 "FLOPs" counts the same thing):
   params: every weight and bias (conv weights have no bias; BN weight and bias count,

@@ -227,7 +227,7 @@ def plain_dict(config: Any) -> dict[str, Any]:
     Resources: fields of plain values, the tuple-typed ones as lists), built without
     `dataclasses.asdict`'s recursive deep copy. A planner converts every trial (10,000
     in a large grid) and asdict is ~10x slower; the result equals `to_dict()`
-    (tests/test_plan_scale.py checks each class)."""
+    (tests/search_spaces/test_plan_scale.py checks each class)."""
     names, tuple_fields = _layout(type(config))
     out = dict(vars(config))             # the fields, in declaration order
     if len(out) != len(names):           # something else is stored on the instance

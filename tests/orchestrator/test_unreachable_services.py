@@ -3,7 +3,7 @@ after MLflow's ~4 minutes of retries or Ray's GCS retries), naming the option, t
 address tried and what to check; nothing is started or written. Real closed ports: a
 socket bound to a free port and closed again. Only the start is checked this way: a
 tracking server that goes away mid-study is still waited for
-(tests/test_cluster_stack.py::test_studies_survive_tracking_server_crashes)."""
+(tests/stack/test_cluster_stack.py::test_studies_survive_tracking_server_crashes)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "search_spaces" / "degradation-quick.yaml"
 LIMIT_S = 30  # issue 14: exit 2 within 30 s
 

@@ -55,7 +55,7 @@ def test_every_numeric_field_has_a_cap():
     from models.config import ModelConfig, settings
     from workers.config import DataConfig, Resources, TrainConfig
 
-    readme = (Path(__file__).resolve().parents[1] / "search_spaces" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "search_spaces" / "README.md").read_text()
     caps = readme.split("## Caps", 1)[1]
     for config, section in ((ModelConfig, "model"), (DataConfig, "data"),
                             (TrainConfig, "train"), (Resources, "resources")):

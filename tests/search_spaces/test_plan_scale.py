@@ -22,7 +22,7 @@ from models.config import ModelConfig
 from search_spaces import StudyError, expand_study, load_study, load_study_text
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig, plain_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 GRID = """\
 name: scale-small
