@@ -30,6 +30,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.findings import Findings, depth_free_key, twin_key  # noqa: E402
+from analysis.store import Param  # noqa: E402
 
 DPI = 150
 PLAIN_COLOURS = ("#d95f02", "#e7298a", "#a6761d", "#e6ab02")    # warm: plain nets
@@ -297,7 +298,7 @@ def shortcut_table(aggregates: pd.DataFrame) -> pd.DataFrame:
 def _group_labels(twins: list[str]) -> dict[str, str]:
     """"20 layers", plus the params that tell groups of the same depth apart."""
     params = {t: json.loads(t) for t in twins}
-    keys = sorted({k for p in params.values() for k in p} - {"model.depth"})
+    keys = sorted({k for p in params.values() for k in p} - {Param.DEPTH})
     varying = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
     labels = {}
     for twin, p in params.items():

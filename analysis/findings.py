@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.stats import Comparison, compare_greater, difference_interval, summarize
-from workers.results import FINISHED
+from analysis.store import Param
+from workers.results import ERROR_METRICS, FINISHED
 
 # Errors are fractions; the margin is 1 percentage point. It is the paper's own scale of
 # "no real difference" (Table 3: options A/B/C within 0.84 pp top-1).
 MARGIN = 0.01
 ALPHA = 0.05
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable"
-ERROR_METRICS = ("train_error", "val_error", "test_error")
+# Column names of the tables below are the report keys of workers.results.
 
 
 def pp(fraction: float) -> str:
@@ -52,12 +53,12 @@ def cell_without(cell: str, *keys: str) -> str:
 
 def twin_key(cell: str) -> str:
     """The cell without residual/shortcut: a plain net and its residual twins share it."""
-    return cell_without(cell, "model.residual", "model.shortcut")
+    return cell_without(cell, Param.RESIDUAL, Param.SHORTCUT)
 
 
 def depth_free_key(cell: str) -> str:
     """The cell without the depth: the cells of one line in an error-vs-depth plot."""
-    return cell_without(cell, "model.depth")
+    return cell_without(cell, Param.DEPTH)
 
 
 def aggregate(trials: pd.DataFrame, metrics: tuple[str, ...] = ERROR_METRICS) -> pd.DataFrame:
@@ -352,7 +353,7 @@ def _claim_shortcuts(aggregates: pd.DataFrame, margin: float) -> Claim:
         return Claim(claim, source, NOT_TESTABLE, "no finished trials", "-")
     residual = aggregates[aggregates["residual"]]
     evidence, spreads = [], []
-    by_options = residual["cell"].map(lambda c: cell_without(c, "model.shortcut"))
+    by_options = residual["cell"].map(lambda c: cell_without(c, Param.SHORTCUT))
     for _, group in residual.groupby(by_options, sort=False):
         if group["shortcut"].nunique() < 2 or group[metric].isna().all():
             continue

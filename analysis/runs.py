@@ -28,20 +28,20 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.store import (Artifact, Kind, Tag, default_tracking_uri, kind_filter,
+from analysis.store import (Artifact, Kind, Param, Tag, default_tracking_uri, kind_filter,
                             list_experiments, local_store_path, search_all_runs)
 from models.config import ConfigError
+from workers.config import NOT_HASHED_TRAIN
 from workers.results import CURVE_METRICS, FINISHED, STATUS_RANK
 
 # Flattened params that do not change what a trial computes, or that name it: a cell is
 # the set of trials that differ only in these (so: the seeds of one configuration).
-_NOT_CELL_PARAMS = ("seed", "name", "study", "trial_id", "train.device", "train.threads",
-                    "train.eval_every", "data.root", "data.download")
+_NOT_CELL_PARAMS = (Param.SEED, Param.NAME, Param.STUDY, Param.TRIAL_ID,
+                    *(f"train.{name}" for name in NOT_HASHED_TRAIN), "data.root", "data.download")
 _NOT_CELL_PREFIXES = ("resources.",)
-# Short names for the model params every figure uses.
-_MODEL_COLUMNS = {"model.depth": "depth", "model.residual": "residual",
-                  "model.shortcut": "shortcut", "model.block": "block",
-                  "model.width": "width", "model.family": "family"}
+# Short names for the model params every figure uses ("model.depth" -> "depth").
+_MODEL_COLUMNS = {p: p.split(".", 1)[1] for p in (Param.DEPTH, Param.RESIDUAL, Param.SHORTCUT,
+                                                 Param.BLOCK, Param.WIDTH, Param.FAMILY)}
 
 
 def resolve_study(study: str) -> tuple[str, Path | None]:
@@ -262,15 +262,15 @@ def label_cells(table: pd.DataFrame) -> list[str]:
                      for _, row in table.iterrows()]
     varying = [p for p in params if table[p].map(_jsonable).map(json.dumps).nunique() > 1]
     residual_rows = table[table["residual"] == True] if "residual" in table else table  # noqa: E712
-    show_shortcut = ("model.shortcut" in table and
-                     residual_rows["model.shortcut"].nunique(dropna=True) > 1)
-    extras = [p for p in varying if p not in ("model.depth", "model.residual", "model.shortcut")]
+    show_shortcut = (Param.SHORTCUT in table and
+                     residual_rows[Param.SHORTCUT].nunique(dropna=True) > 1)
+    extras = [p for p in varying if p not in (Param.DEPTH, Param.RESIDUAL, Param.SHORTCUT)]
     labels, series = [], []
     for _, row in table.iterrows():
         kind = "resnet" if row.get("residual") else "plain"
         parts = [kind]
         if show_shortcut and row.get("residual"):
-            parts.append(str(row["model.shortcut"]))
+            parts.append(str(row[Param.SHORTCUT]))
         parts += [f"{p.rsplit('.', 1)[-1]}={_short(row[p])}" for p in extras]
         series.append(" ".join(parts))
         depth = row.get("depth")

@@ -64,6 +64,23 @@ class Kind:
     TRIAL = "trial"
 
 
+class Param:
+    """MLflow param names of a trial run: the TrialConfig flattened to `section.field`
+    (`orchestrator.tracking.trial_params`), plus the top-level seed/name/study/trial_id.
+    These are the ones the analysis reads by name."""
+
+    FAMILY = "model.family"
+    DEPTH = "model.depth"
+    BLOCK = "model.block"
+    RESIDUAL = "model.residual"
+    SHORTCUT = "model.shortcut"
+    WIDTH = "model.width"
+    SEED = "seed"
+    NAME = "name"
+    STUDY = "study"
+    TRIAL_ID = "trial_id"
+
+
 class Artifact:
     """Artifact paths in a run."""
 

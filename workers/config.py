@@ -148,7 +148,7 @@ class Resources:
 
 # Fields that change where or how fast a trial runs but not what it computes; they are
 # left out of `trial_id` so the same trial on another machine is recognised as done.
-_NOT_HASHED_TRAIN = ("device", "threads", "eval_every")
+NOT_HASHED_TRAIN = ("device", "threads", "eval_every")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class TrialConfig:
         after`` (sorted keys: data, model, seed, train). `replace` hands it on to a
         trial that differs only in the seed, so the seeds of a cell encode it once."""
         train = {k: v for k, v in plain_dict(self.train).items()
-                 if k not in _NOT_HASHED_TRAIN}
+                 if k not in NOT_HASHED_TRAIN}
         return (f'{{"data":{_canonical(plain_dict(self.data))},'
                 f'"model":{_canonical(plain_dict(self.model))},"seed":',
                 f',"train":{_canonical(train)}}}')

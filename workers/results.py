@@ -18,13 +18,20 @@ ITERATION = "iteration"    # optimizer steps so far
 # Per-epoch metrics, in report order. Errors are fractions in [0, 1]; losses are mean
 # cross-entropy per image; lr is the last step's; elapsed_s counts training time only
 # (resumed trials add their earlier time).
-EPOCH_KEYS = (EPOCH, ITERATION, "lr", "train_loss", "train_error", "val_loss", "val_error",
-              "test_loss", "test_error", "images_per_s", "elapsed_s")
+LR = "lr"
+TRAIN_LOSS, TRAIN_ERROR = "train_loss", "train_error"
+VAL_LOSS, VAL_ERROR = "val_loss", "val_error"
+TEST_LOSS, TEST_ERROR = "test_loss", "test_error"
+IMAGES_PER_S = "images_per_s"
+ELAPSED_S = "elapsed_s"
+EPOCH_KEYS = (EPOCH, ITERATION, LR, TRAIN_LOSS, TRAIN_ERROR, VAL_LOSS, VAL_ERROR, TEST_LOSS,
+              TEST_ERROR, IMAGES_PER_S, ELAPSED_S)
 # The per-epoch metrics read back as curves (everything but the step itself).
 CURVE_METRICS = tuple(key for key in EPOCH_KEYS if key != EPOCH)
 # Metrics a search study may optimise (`search.metric`).
-OBJECTIVE_METRICS = ("val_error", "val_loss", "train_error", "train_loss", "test_error",
-                     "test_loss")
+OBJECTIVE_METRICS = (VAL_ERROR, VAL_LOSS, TRAIN_ERROR, TRAIN_LOSS, TEST_ERROR, TEST_LOSS)
+# The error metrics, the paper's measure (degradation is defined on TRAIN_ERROR).
+ERROR_METRICS = (TRAIN_ERROR, VAL_ERROR, TEST_ERROR)
 
 # ---- the last report -------------------------------------------------------------------
 STATUS = "status"          # FINISHED or DIVERGED (WORKER_STATUSES)
