@@ -107,7 +107,7 @@ def test_a_finished_trial_closes_its_step_and_leaves_nothing_behind(monkeypatch)
 
     def graph_step(model, train, device):
         step = GraphStep(model, train, device, capture=False)
-        made.append(weakref.ref(step))
+        made.extend([weakref.ref(step), weakref.ref(model)])
         return step
 
     monkeypatch.setattr(trial_module, "make_train_step", graph_step)
@@ -118,7 +118,7 @@ def test_a_finished_trial_closes_its_step_and_leaves_nothing_behind(monkeypatch)
     with gc_off():
         result = train_trial(graph_trial())
         assert closed == [True]                              # released explicitly at the end
-        assert made and made[0]() is None                    # and freed by refcounting alone
+        assert made and all(ref() is None for ref in made)   # freed by refcounting alone
     assert (result.step_class, result.captured) == ("GraphStep", False)   # CPU: no capture
     monkeypatch.undo()
     plain = train_trial(graph_trial())

@@ -333,10 +333,15 @@ class _Trial:
                            captured=bool(self.step.captured))
 
     def close(self) -> None:
-        """Release the step's device memory now (a CUDA graph's pool), not at the next
-        garbage collection: the next trial in this process (Ray's reuse_actors) or a
-        packed neighbour gets it back."""
+        """Release the trial's device memory now, not at the next garbage collection: the
+        step's (a CUDA graph's pool), then the model, optimizer and data set, whose memory
+        the allocator's cache hands back to the GPU. The next trial in this process (Ray's
+        reuse_actors) and packed neighbours get it. The trial is not used after this."""
         self.step.close()
+        self.step = self.model = self.data = None      # nothing else holds them (no cycle)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()
 
 
 def train_trial(config: TrialConfig, report: Report | None = None,
