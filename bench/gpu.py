@@ -10,18 +10,25 @@ installs them from .device/wheels when missing); never ray, mlflow or optuna.
 Sections, in order, each written to the JSON as soon as it is done and skipped (with the
 reason) when the time budget (--budget-s) would be exceeded:
 
-1. capture_checks: on CUDA, the captured step against the eager one for a few steps (plain
-   SGD; Nesterov + label smoothing + gradient clipping), lr changes reaching the graph
-   (lr 0 -> no move), BatchNorm batch counters advanced by every replay.
+1. capture_checks: on CUDA, in the configuration trials run (ResNet-20, 3 channels, bf16,
+   channels_last, cudnn.benchmark on, the bench's batch): the captured step against the
+   eager one for a few steps (plain SGD; Nesterov + label smoothing + gradient clipping)
+   next to eager against eager, lr changes reaching the graph (lr 0 -> no move),
+   BatchNorm batch counters advanced by every replay, resume after capture (and from a
+   CPU checkpoint), evaluation between replays. Every check says whether the step really
+   ran captured (`captured`; a failed capture falls back to eager with a warning).
 2. throughput: ResNet-20/56/110 and plain-56 (CIFAR shape 3x32x32, batch 128, bf16,
    synthetic on-device data with the engine's augmentation): `workers.train_trial` with
-   the CUDA graph and with the eager step (median images/s of the epochs after the first,
+   the CUDA graph and with the eager step (each row says the step class that ran and
+   whether it was captured, from the trial's result) (median images/s of the epochs after the first,
    which includes capture and cuDNN autotuning), the reference eager loop
    (`reference/gpu_anchor.py`'s `train_throughput`, loaded from a git-ignored copy,
    .device/reference/, modes bf16cl and fp32), eager evaluation images/s (batch 1024), and
-   peak GPU memory next to `workers.memory`'s estimate.
+   peak GPU memory next to `workers.memory`'s estimate, and the memory still reserved
+   once the trial has returned (its graph pool must be released without a gc.collect()).
 3. packing: 1/2/4/8 concurrent `python -m orchestrator.cli train --config trial.json`
-   processes (no Ray) on ResNet-20 with the CUDA graph; the sum of their per-process
+   processes (no Ray) on ResNet-20 with the CUDA graph, one CPU thread each (--threads 1,
+   OMP_NUM_THREADS=1, as the orchestrator gives a trial with resources.cpu 1); the sum of their per-process
    images/s (median of their middle epochs), and the GPU memory they used together
    (`torch.cuda.mem_get_info` polled) next to the packing check's estimate.
 4. correctness: the quick study's plain and residual nets (search_spaces/
@@ -38,8 +45,8 @@ reason) when the time budget (--budget-s) would be exceeded:
 7. compile (GPU only, if time is left): ResNet-20 graph + torch.compile.
 
 This file runs the sections against the time budget and keeps the JSON; the sections
-live in bench/gpu_engine.py (1, 2, 4, 7), bench/gpu_packing.py (3) and
-bench/gpu_estimate.py (5, 6: the arithmetic, no torch).
+live in bench/gpu_checks.py (1), bench/gpu_engine.py (2, 4, 7), bench/gpu_packing.py (3)
+and bench/gpu_estimate.py (5, 6: the arithmetic, no torch).
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, without installing it
 
 import torch  # noqa: E402
 
-from bench.gpu_engine import capture_checks, compiled, correctness, throughput  # noqa: E402
+from bench.gpu_checks import capture_checks  # noqa: E402
+from bench.gpu_engine import compiled, correctness, throughput  # noqa: E402
 from bench.gpu_estimate import degradation_estimate, targets  # noqa: E402
 from bench.gpu_packing import packing  # noqa: E402
 

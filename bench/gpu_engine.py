@@ -1,4 +1,5 @@
-"""bench/gpu.py's engine sections: capture checks, throughput, correctness, compile.
+"""bench/gpu.py's engine sections: throughput, correctness, compile (section 1, the
+capture checks, is bench/gpu_checks.py).
 
 Each section is a function of the running `Bench` (bench/gpu.py: its sizes, device, time
 budget and the JSON so far) that returns the section's JSON. See bench/gpu.py's docstring
@@ -20,68 +21,9 @@ from bench.gpu_estimate import NETS, ROOT, compare_paths, study_trials, throughp
 from models import build_model
 from models.config import ModelConfig
 from workers.config import DataConfig, Resources, TrainConfig, TrialConfig
-from workers.engine import EagerStep, evaluate, make_train_step
-from workers.graph_step import GraphCaptureWarning, GraphStep
+from workers.engine import evaluate
 from workers.memory import estimate_trial_memory
-from workers.recipes import lr_at
 from workers.trial import train_trial
-
-
-# -- 1. capture checks --------------------------------------------------------------------
-def capture_checks(bench) -> dict:
-    """The graph step against the eager one, lr changes reaching the graph, BN counters."""
-    device, steps = bench.device, bench.sizes.check_steps
-    model_cfg = ModelConfig(depth=8, width=0.5, in_channels=1, image_size=16)
-    gen = torch.Generator().manual_seed(1)
-    data = [(torch.randn(16, 1, 16, 16, generator=gen).to(device),
-             torch.randint(0, 10, (16,), generator=gen).to(device)) for _ in range(4)]
-    out = {}
-    for label, options in (("sgd", {}), ("nesterov_smoothing_clip",
-                                          {"nesterov": True, "label_smoothing": 0.1,
-                                           "grad_clip": 0.5})):
-        train = TrainConfig(lr=0.1, batch_size=16, **options)
-        runs = {}
-        for kind in ("graph", "eager"):
-            torch.manual_seed(0)
-            model = build_model(model_cfg).to(device)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", GraphCaptureWarning)
-                step = GraphStep(model, train, device) if kind == "graph" else \
-                    EagerStep(model, train, device)
-                losses = []
-                for i in range(steps):
-                    step.set_lr(lr_at(train, i, steps))
-                    losses.append(float(step(*data[i % 4])[0]))
-            runs[kind] = {"model": model, "losses": losses, "step": step,
-                          "warnings": [str(w.message)[:300] for w in caught]}
-        graph, eager = runs["graph"], runs["eager"]
-        bn = next(m for m in graph["model"].modules()
-                  if isinstance(m, torch.nn.BatchNorm2d))
-        out[label] = {
-            "captured": getattr(graph["step"], "graph", None) is not None,
-            "capture_warnings": graph["warnings"],
-            "max_weight_difference": max(
-                float((a.float() - b.float()).abs().max()) for a, b in
-                zip(graph["model"].state_dict().values(), eager["model"].state_dict().values())),
-            "max_loss_difference": max(abs(a - b) for a, b in zip(graph["losses"], eager["losses"])),
-            "bn_batches_tracked": int(bn.num_batches_tracked), "steps": steps}
-    # lr changes reach the (captured) step: parameters move by lr x update
-    torch.manual_seed(0)
-    model = build_model(model_cfg).to(device)
-    step = GraphStep(model, TrainConfig(lr=0.1, batch_size=16), device)
-    step(*data[0])
-    moves = []
-    for lr in (0.1, 0.0, 0.01):
-        step.set_lr(lr)
-        before = [p.detach().clone() for p in model.parameters()]
-        step(*data[0])
-        moves.append([lr, max(float((p.detach() - b).abs().max())
-                              for p, b in zip(model.parameters(), before))])
-    out["lr_tensor_moves"] = moves
-    out["lr_zero_leaves_weights"] = moves[1][1] == 0.0
-    return out
 
 
 # -- 2. throughput ------------------------------------------------------------------------
@@ -125,17 +67,19 @@ def engine_rate(bench, name: str, graph: bool) -> dict:
            "images_per_s": round(statistics.median(steady), 1),
            "epoch_images_per_s": [round(r, 1) for r in rates],
            "trial_s": round(total, 2), "status": result.status,
-           "step_class": type(make_train_step(build_model(trial.model).to(bench.device),
-                                              trial.train, bench.device)).__name__,
+           # what the trial really ran: a failed capture falls back to eager in GraphStep
+           "step_class": result.step_class, "captured": result.captured,
            "warnings": sorted({str(w.message)[:300] for w in caught})}
     if bench.device.type == "cuda":
         estimate = estimate_trial_memory(trial)
         row["memory"] = {
             "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
             "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+            # after train_trial returned, before any gc.collect(): the trial's graph pool
+            # must be released already (the step is closed and has no reference cycle)
+            "reserved_after_trial_bytes": torch.cuda.memory_reserved(),
             # the estimate without the allowances that the allocator does not see
-            "estimate_allocator_bytes": estimate.total - estimate.cuda_context
-            - estimate.workspace,
+            "estimate_allocator_bytes": estimate.allocator,
             "estimate": estimate.to_dict()}
     return row
 
@@ -246,6 +190,7 @@ def correctness(bench) -> dict:
                 result = train_trial(run)
             final = result.final
             runs.append({"trial": trial.name, "path": "graph" if graph else "eager",
+                         "step_class": result.step_class, "captured": result.captured,
                          "status": result.status, "epochs": len(result.history),
                          "iterations": final.get("iteration"),
                          "train_error": final.get("train_error"),
@@ -270,6 +215,7 @@ def compiled(bench) -> dict:
         result = train_trial(trial)
     rates = [h["images_per_s"] for h in result.history]
     return {"net": "resnet20", "path": "engine-graph+compile",
+            "step_class": result.step_class, "captured": result.captured,
             "images_per_s": round(statistics.median(rates[1:] or rates), 1),
             "epoch_images_per_s": [round(r, 1) for r in rates],
             "trial_s": round(time.perf_counter() - began, 1),

@@ -1,6 +1,9 @@
 """bench/gpu.py's packing section: 1/2/4/8 concurrent `resweep train` processes on one GPU.
 
-The sum of their per-process images/s (median of their middle epochs) and the GPU memory
+Each child gets one CPU thread (`--threads 1` and OMP_NUM_THREADS=1), as the orchestrator
+gives a trial with resources.cpu 1 (Ray sets OMP_NUM_THREADS to the trial's CPUs): without
+it every child would start a thread per core and they would fight over the CPUs that feed
+the GPU. The sum of their per-process images/s (median of their middle epochs) and the GPU memory
 they used together (`torch.cuda.mem_get_info` polled) next to `workers.memory`'s packing
 check. A function of the running `Bench` (bench/gpu.py), like the other sections.
 """
@@ -57,15 +60,13 @@ def packing(bench) -> dict:
 
 
 def _pack(bench, procs: int, config: Path, folder: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = child_env()
     outs = [folder / f"p{procs}-{i}.json" for i in range(procs)]
     probe = MemoryProbe(bench.device)
     began = time.perf_counter()
-    popen = [subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train",
-                               "--config", str(config), "--quiet", "--out", str(out)]
-                              + (["--device", "cpu", "--threads", "1"] if bench.smoke else []),
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for out in outs]
+    popen = [subprocess.Popen(child_command(config, out, bench.smoke), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for out in outs]
     try:
         logs = [p.communicate(timeout=max(30, bench.left()))[0] for p in popen]
     finally:                        # a timeout or an error must not leave them running
@@ -75,19 +76,35 @@ def _pack(bench, procs: int, config: Path, folder: Path) -> dict:
                 p.wait()
         used = probe.stop()
     wall = time.perf_counter() - began
-    per_proc, trained = [], 0
+    per_proc, trained, captured = [], 0, []
     for p, out, text in zip(popen, outs, logs):
         if p.returncode != 0 or not out.is_file():
             raise RuntimeError(f"a packed `resweep train` failed ({p.returncode}): {text[-800:]}")
-        history = json.loads(out.read_text())["history"]
+        result = json.loads(out.read_text())
+        history = result["history"]
+        captured.append(bool(result.get("captured")))
         rates = [h["images_per_s"] for h in history]
         middle = rates[1:-1] or rates          # first: capture; last: others finishing
         per_proc.append(round(statistics.median(middle), 1))
         trained += history[-1]["iteration"] * bench.sizes.batch
     return {"procs": procs, "per_proc_images_per_s": per_proc,
             "total_images_per_s": round(sum(per_proc), 1), "wall_s": round(wall, 1),
+            "captured": captured,                  # per process: ran as a replayed graph
             "wall_images_per_s": round(trained / wall, 1),
             "measured_device_bytes": used}
+
+
+def child_command(config: Path, out: Path, smoke: bool) -> list[str]:
+    """One packed trial: `resweep train` on its JSON, one torch thread (CPU in the smoke)."""
+    return ([sys.executable, "-m", "orchestrator.cli", "train", "--config", str(config),
+             "--quiet", "--out", str(out), "--threads", "1"]
+            + (["--device", "cpu"] if smoke else []))
+
+
+def child_env() -> dict[str, str]:
+    """The children's environment: this checkout importable, one OpenMP/MKL thread."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 class MemoryProbe:

@@ -8,10 +8,12 @@
 #   .device/reference/gpu_anchor.py  a copy of ../shared/reference/gpu_anchor.py
 #   .device/fashion-mnist/*.gz       the four Fashion-MNIST files
 #   .device/wheels/*.whl             pydantic, pydantic-core, PyYAML, typing-extensions,
-#                                    annotated-types, typing-inspection (for the study files)
-# Unpacks the wheels for this Python (no pip) only if pydantic or yaml cannot be imported,
-# then runs bench/gpu.py with a hard time limit; the JSON is written after every section,
-# so a run cut short still leaves what it measured.
+#                                    annotated-types, typing-inspection (for the study files),
+#                                    pytest, pluggy, iniconfig, packaging, pygments (tests)
+# Unpacks the wheels for this Python (no pip) only if pydantic, yaml or pytest cannot be
+# imported, then runs bench/gpu.py with a hard time limit (the JSON is written after every
+# section, so a run cut short still leaves what it measured), then the GPU engine's tests
+# (the CUDA-only ones run here and nowhere else) into $OUT/pytest.txt; --cpu-smoke skips them.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/resweep-gpu}"
@@ -25,7 +27,7 @@ started=$(date +%s)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 } 2>&1 | tee "$OUT/env.txt"
 
-if ! $PY -c "import pydantic, yaml" 2>/dev/null; then
+if ! $PY -c "import pydantic, yaml, pytest" 2>/dev/null; then
   # Unpack the wheels for this Python into .device/site (no pip, no system site-packages).
   echo "unpacking the study-file wheels from .device/wheels into .device/site" | tee -a "$OUT/env.txt"
   $PY - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
@@ -38,7 +40,7 @@ for wheel in sorted(glob.glob(".device/wheels/*.whl")):
         print("unpacked", os.path.basename(wheel))
 PY
   export PYTHONPATH="$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH}"
-  $PY -c "import pydantic, yaml; print('pydantic', pydantic.VERSION, 'yaml', yaml.__version__)" 2>&1 | tee -a "$OUT/env.txt"
+  $PY -c "import pydantic, yaml, pytest; print('pydantic', pydantic.VERSION, 'yaml', yaml.__version__, 'pytest', pytest.__version__)" 2>&1 | tee -a "$OUT/env.txt"
 fi
 
 # 300 s of sections (--budget-s) + start-up; killed at 345 s whatever happens.
@@ -56,6 +58,18 @@ print(json.dumps({"meta": d.get("meta"), "summary": d.get("throughput", {}).get(
                   "correctness": d.get("correctness", {}).get("comparison"),
                   "degradation": {k: d.get("degradation_estimate", {}).get(k)
                                   for k in ("serial_minutes", "packed_minutes")},
+                  "captured": {k: v.get("captured") for k, v in d.get("capture_checks", {}).items()
+                               if isinstance(v, dict) and "captured" in v},
+                  "rows_captured": [(r.get("net"), r["path"], r.get("captured"))
+                                    for r in d.get("throughput", {}).get("rows", [])
+                                    if "step_class" in r],
                   "targets": d.get("targets"), "skipped": d.get("sections_skipped")}, indent=1))
 PY
+case " $* " in
+  *" --cpu-smoke "*) ;;
+  *) # the engine's tests, the CUDA-only ones included (they skip without a GPU)
+     CI=true timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_part1.py \
+         tests/test_gpu_engine.py > "$OUT/pytest.txt" 2>&1
+     echo "pytest exit status $? (tail of $OUT/pytest.txt):"; tail -n 15 "$OUT/pytest.txt" ;;
+esac
 exit $status

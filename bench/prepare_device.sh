@@ -4,7 +4,8 @@
 #   .device/reference/gpu_anchor.py   the reference eager loop (../shared/reference)
 #   .device/fashion-mnist/*.gz        the four Fashion-MNIST files (Debian dataset-fashion-mnist)
 #   .device/wheels/*.whl              pydantic + pyyaml and their small dependencies, for
-#                                     CPython 3.11-3.13 on x86_64 Linux (the study files)
+#                                     CPython 3.11-3.13 on x86_64 Linux (the study files),
+#                                     and pytest (pure Python) for the CUDA-only tests
 set -eu
 cd "$(dirname "$0")/.."
 PIP="${PIP:-.venv/bin/pip}"
@@ -20,4 +21,6 @@ for py in 3.11 3.12 3.13; do
 done
 "$PIP" download --quiet --no-deps --only-binary=:all: -d .device/wheels pydantic==2.14.4 \
     typing_extensions==4.16.0 annotated-types==0.8.0 typing-inspection==0.4.5
+"$PIP" download --quiet --no-deps --only-binary=:all: -d .device/wheels pytest==9.2.0 \
+    pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
 du -sh .device

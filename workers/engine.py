@@ -41,10 +41,13 @@ class TrainStep(Protocol):
                   captured graph has fixed shapes); the loop then drops the ragged last
                   batch of an epoch.
     optimizer:    the torch optimizer (its state is checkpointed).
+    captured:     True once the step runs as a replayed CUDA graph (False for an eager
+                  step, and for a graph step whose capture failed and fell back).
     """
 
     static_batch: bool
     optimizer: torch.optim.Optimizer
+    captured: bool
 
     def set_lr(self, lr: float) -> None:
         """Use `lr` from the next call on (a graph step writes it into a device tensor)."""
@@ -52,6 +55,10 @@ class TrainStep(Protocol):
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on (B, C, H, W) float images and (B,) labels; return (mean loss, number
         of wrong predictions) as 0-dim tensors on the device, without a host sync."""
+
+    def close(self) -> None:
+        """Release what the step holds on the device beyond the model and the optimizer's
+        state (a graph and its memory pool); the trial calls it when it ends."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -98,14 +105,38 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor],
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum / Nesterov and L2 weight decay on every parameter (as the paper)."""
-    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
-                           nesterov=train.nesterov, weight_decay=train.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                                nesterov=train.nesterov, weight_decay=train.weight_decay)
+    optimizer.register_load_state_dict_post_hook(match_param_strides)
+    return optimizer
+
+
+@torch.no_grad()
+def match_param_strides(optimizer: torch.optim.Optimizer) -> None:
+    """`Optimizer.load_state_dict` post-hook: give every state tensor shaped like its
+    parameter (SGD's momentum buffer) the parameter's strides.
+
+    Loading casts the saved state to the parameter's device and dtype but keeps the saved
+    strides, so a checkpoint written on the CPU (NCHW) and resumed on a GPU (parameters
+    channels_last) has momentum buffers laid out unlike their parameters, which CUDA's
+    fused SGD refuses. Values are unchanged; only the layout is the parameter's.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            for key, value in list((state or {}).items()):
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_strided(param.shape, param.stride(),
+                                                     dtype=value.dtype,
+                                                     device=value.device).copy_(value)
 
 
 class EagerStep:
     """The train step in plain eager PyTorch (the default, and always on the CPU)."""
 
     static_batch = False
+    captured = False
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.forward = torch.compile(model) if train.compile else model
@@ -127,6 +158,9 @@ class EagerStep:
         return train_step(self.forward, self.optimizer, self.params, images, labels,
                           precision=self.precision, label_smoothing=self.label_smoothing,
                           grad_clip=self.grad_clip)
+
+    def close(self) -> None:
+        """Nothing beyond the model and optimizer to release (they go with the trial)."""
 
 
 def make_train_step(model: nn.Module, train: TrainConfig, device: torch.device) -> TrainStep:

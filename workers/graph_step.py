@@ -23,8 +23,24 @@ How (PyTorch's "whole network capture" recipe, torch.cuda.graphs):
   eager path. A zero momentum buffer equals SGD's first step (buf = grad).
 - BatchNorm in train mode updates its running statistics in place inside the graph, so
   every replay updates them; evaluation runs eagerly on the same module, outside the graph.
-- If capture fails (an op that cannot be captured, e.g. in a custom model or a compiled
-  graph break that syncs), the step warns once and runs the same body eagerly.
+- If the warm-up or the capture fails (an op that cannot be captured, e.g. in a custom
+  model or a compiled graph break that syncs), the step warns once and runs the same body
+  eagerly; the stream that was current before is current again either way (a failing
+  `torch.cuda.graph` leaves its capture stream current otherwise).
+- Capture uses `capture_error_mode="thread_local"`: the image-folder DataLoader's
+  pin-memory thread keeps calling CUDA while the main thread captures, which the default
+  "global" mode treats as an error that invalidates the capture.
+- An explicit `train.device: cuda:N` is honoured: warm-up, capture and every replay run
+  under `torch.cuda.device(N)` on streams of that device.
+- Memory: the graph's private pool (activations, gradients, cuDNN workspace of the
+  captured step) is held until `close()`, which the trial calls when it ends. The step
+  and its optimizer hold no reference cycle (the optimizer's hooks are closures over the
+  lr tensor, not bound methods), so dropping the step frees the pool at once, without
+  waiting for Python's cycle collector (with Ray's `reuse_actors` the next trial in the
+  process would otherwise capture while the last one's pool is still reserved).
+- Loading an optimizer state (a checkpoint, maybe written on the CPU in NCHW) gives the
+  momentum buffers the parameters' strides (channels_last): CUDA's fused SGD needs them
+  equal (`workers.engine.match_param_strides`).
 
 On a CPU (or with `capture=False`) nothing is captured: the same body runs eagerly with
 the same tensor lr and fused SGD, which is how the tests check this step against the
@@ -33,13 +49,15 @@ engine's `EagerStep`. `workers.engine.make_train_step` picks this class only on 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 
 from workers.config import TrainConfig
-from workers.engine import train_step
+from workers.engine import match_param_strides, train_step
 
 WARMUP_STEPS = 3   # side-stream steps before capture (PyTorch's recipe uses a few)
 
@@ -94,10 +112,13 @@ class GraphStep:
         self.lr = torch.tensor(float(train.lr), dtype=torch.float32, device=device)
         self._lr_value = float(train.lr)
         self.optimizer = tensor_lr_sgd(model, train, self.lr)
-        self._group_options = {k: self.optimizer.param_groups[0][k] for k in ("fused", "foreach")}
-        self.optimizer.register_load_state_dict_post_hook(self._after_load)
+        options = {k: self.optimizer.param_groups[0][k] for k in ("fused", "foreach")}
+        # closures, not bound methods: the optimizer must not hold the step (see module doc)
+        self.optimizer.register_load_state_dict_post_hook(restore_lr_tensor(self.lr, options))
+        self.optimizer.register_load_state_dict_post_hook(match_param_strides)
         self.optimizer.register_state_dict_post_hook(_lr_as_float)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.captured = False
         self._static: dict[str, torch.Tensor] = {}
 
     # -- the learning rate ---------------------------------------------------------------
@@ -107,13 +128,6 @@ class GraphStep:
         if lr != self._lr_value:
             self.lr.fill_(lr)
             self._lr_value = lr
-
-    def _after_load(self, optimizer: torch.optim.Optimizer) -> None:
-        """`Optimizer.load_state_dict` replaces the param groups with the saved ones (lr a
-        float, maybe fused=False from an eager run): put our lr tensor and options back."""
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr
-            group.update(self._group_options)
 
     # -- the step --------------------------------------------------------------------------
     def _body(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,42 +148,84 @@ class GraphStep:
                 self._capture(images, labels)             # sets self.graph on success
             if self.graph is None:                        # CPU, or capture failed: eagerly
                 return self._body(images, labels)
-        self._static["images"].copy_(images)      # also converts to channels_last
-        self._static["labels"].copy_(labels)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self._static["images"].copy_(images)      # also converts to channels_last
+            self._static["labels"].copy_(labels)
+            self.graph.replay()
         return self._static["loss"], self._static["wrong"]
+
+    def close(self) -> None:
+        """Release the graph and its private memory pool now (the trial calls this when
+        it ends, also after an exception). The model and the optimizer state stay usable;
+        a later call captures again."""
+        if self.graph is not None:
+            self.graph.reset()
+        self.graph, self._static = None, {}
+        self.optimizer.zero_grad(set_to_none=True)   # the grads live in the graph's pool
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()             # back to the GPU for packed neighbours
 
     # -- capture ---------------------------------------------------------------------------
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         static_images, static_labels = images.clone(), labels.clone()  # clone keeps layout
         saved = _snapshot(self.model, self.optimizer)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self._body(static_images, static_labels)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        _restore(self.model, self.optimizer, saved)
-        self.optimizer.zero_grad(set_to_none=True)  # grads are allocated in the graph's pool
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                loss, wrong = self._body(static_images, static_labels)
-        except Exception as err:  # noqa: BLE001 - any capture failure: run eagerly instead
-            torch.cuda.synchronize(self.device)
+            with _on_device(self.device):
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_STEPS):
+                        self._body(static_images, static_labels)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                _restore(self.model, self.optimizer, saved)
+                self.optimizer.zero_grad(set_to_none=True)  # grads: allocated in the graph's pool
+                with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                    loss, wrong = self._body(static_images, static_labels)
+        except Exception as err:  # noqa: BLE001 - any warm-up/capture failure: run eagerly
+            with torch.cuda.device(self.device):
+                torch.cuda.synchronize(self.device)
             _restore(self.model, self.optimizer, saved)
             self.optimizer.zero_grad(set_to_none=True)
             self.capture = False
             warnings.warn(f"CUDA graph capture of the train step failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:300]}); this trial runs the same step "
-                          "eagerly (slower, same results). Set train.cuda_graph: false to "
-                          "silence this.", GraphCaptureWarning, stacklevel=3)
+                          f"{str(err).splitlines()[0][:300] if str(err) else ''}); this trial "
+                          "runs the same step eagerly (slower, same results). Set "
+                          "train.cuda_graph: false to silence this.", GraphCaptureWarning,
+                          stacklevel=3)
             return
         self._static = {"images": static_images, "labels": static_labels,
                         "loss": loss, "wrong": wrong}
-        self.graph = graph
+        self.graph, self.captured = graph, True
         del saved
-        torch.cuda.empty_cache()   # return the snapshot's memory (packed trials share the GPU)
+        with torch.cuda.device(self.device):
+            torch.cuda.empty_cache()   # return the snapshot's memory (packed trials share the GPU)
+
+
+@contextlib.contextmanager
+def _on_device(device: torch.device) -> Iterator[None]:
+    """Make `device` current (an explicit cuda:N too) and leave the stream that was current
+    on it current again on exit, also when `torch.cuda.graph` failed to restore its own
+    (its `__exit__` skips that when `capture_end` raises)."""
+    with torch.cuda.device(device):
+        previous = torch.cuda.current_stream(device)
+        try:
+            yield
+        finally:
+            torch.cuda.set_stream(previous)
+
+
+def restore_lr_tensor(lr: torch.Tensor, options: dict):
+    """An `Optimizer.load_state_dict` post-hook: loading replaces the param groups with the
+    saved ones (lr a float, maybe fused=False from an eager run); put the lr tensor `lr`
+    and the group `options` back. A closure over exactly these, so the optimizer does not
+    reference the step that owns it (no cycle; see the module docstring)."""
+    def after_load(optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            group.update(options)
+    return after_load
 
 
 def _lr_as_float(optimizer: torch.optim.Optimizer, state: dict) -> dict:

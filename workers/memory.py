@@ -16,10 +16,17 @@ ResNet-20s do. `estimate_trial_memory(trial)` adds up, in bytes:
   pool, so their largest activations (x3: input, output and one more alive) add on top;
 - the data set held on the GPU as uint8 (train subset + validation + test) with int64
   labels; an image-folder data set (imagenet) streams from the host: 0;
-- allowances, not measured here: `CUDA_CONTEXT_BYTES` per process (CUDA context, cuDNN
-  and cuBLAS handles and kernels: roughly 0.3-0.6 GiB on current GPUs) and
-  `WORKSPACE_BYTES` (cuDNN workspaces, allocator rounding, bf16 weight casts, the float
-  batch being augmented). bench/gpu.py prints measured peaks next to these estimates.
+- cuDNN workspaces (`cudnn_workspace`): with `cudnn.benchmark` on, cuDNN may pick
+  algorithms (FFT, Winograd) whose scratch memory is a few times a convolution's
+  activation. The captured step keeps one in the graph's private pool and eager
+  evaluation (batch 1024) one in the allocator's cache: `CUDNN_WORKSPACE_FACTOR` times
+  the largest training activation plus as much for evaluation, at least
+  `CUDNN_WORKSPACE_MIN_BYTES` (cuBLAS and small algorithms);
+- allowances, not seen by torch's allocator or not modelled: `CUDA_CONTEXT_BYTES` per
+  process (the CUDA context with cuDNN and cuBLAS handles and their kernels) and
+  `WORKSPACE_BYTES` (allocator rounding and fragmentation, bf16 weight casts, the float
+  batch being augmented). bench/gpu.py prints measured peaks next to these estimates:
+  `torch.cuda.max_memory_allocated` is to be compared with the total less these two.
 
 `check_gpu_packing(trials, device_memory_bytes)` takes the largest estimates that can
 share a GPU (1/gpu of them) and refuses with a ConfigError when they exceed the device,
@@ -43,8 +50,16 @@ from workers.data.base import EVAL_BATCH
 from workers.data.datasets import DATASET_FACTS, split_sizes
 
 GIB = 1024 ** 3
-CUDA_CONTEXT_BYTES = 512 * 1024 ** 2   # per process; allowance (see module docstring)
-WORKSPACE_BYTES = 256 * 1024 ** 2      # cuDNN workspace + allocator slack; allowance
+MIB = 1024 ** 2
+# The CUDA context of one process, outside torch's allocator (torch.cuda.memory_allocated
+# never sees it): the context itself, cuDNN and cuBLAS handles and the kernels loaded on
+# first use. 0.6-1 GiB on current GPUs and CUDA 12 (more with cuDNN's and cuBLAS's large
+# kernel libraries loaded); counted at the top of that range because every packed process
+# pays it and an under-estimate runs a neighbour out of memory mid-study.
+CUDA_CONTEXT_BYTES = 1 * GIB
+CUDNN_WORKSPACE_FACTOR = 4             # workspace per convolution, x its largest activation
+CUDNN_WORKSPACE_MIN_BYTES = 32 * MIB   # cuBLAS workspace + small cuDNN algorithms
+WORKSPACE_BYTES = 256 * MIB            # allocator slack, bf16 weight casts, float batch
 WARN_FRACTION = 0.85                   # packed estimate above this share of the device: warn
 
 
@@ -62,12 +77,19 @@ class MemoryEstimate:
     activations: int
     evaluation: int
     dataset: int
+    cudnn_workspace: int = CUDNN_WORKSPACE_MIN_BYTES
     cuda_context: int = CUDA_CONTEXT_BYTES
     workspace: int = WORKSPACE_BYTES
 
     @property
     def total(self) -> int:
         return sum(asdict(self).values())
+
+    @property
+    def allocator(self) -> int:
+        """The part torch's caching allocator sees (max_memory_allocated's counterpart):
+        the total less the CUDA context and the slack allowance."""
+        return self.total - self.cuda_context - self.workspace
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
@@ -83,7 +105,9 @@ def estimate_trial_memory(trial: TrialConfig) -> MemoryEstimate:
                           optimizer=4 * params if train.momentum else 0,
                           activations=saved + 2 * largest,
                           evaluation=3 * largest_eval,
-                          dataset=dataset_bytes(trial))
+                          dataset=dataset_bytes(trial),
+                          cudnn_workspace=max(CUDNN_WORKSPACE_MIN_BYTES,
+                                              CUDNN_WORKSPACE_FACTOR * (largest + largest_eval)))
 
 
 def dataset_bytes(trial: TrialConfig) -> int:

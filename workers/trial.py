@@ -21,7 +21,8 @@ when the step needs a static batch (a captured CUDA graph).
 Faults: a non-finite training loss ends the trial with status "diverged" (no exception);
 the epoch it happened in is reported with its train metrics. Other exceptions propagate
 to the caller (Ray retries them; `resweep train` shows them); invalid settings and missing
-data raise `ConfigError` before training starts.
+data raise `ConfigError` before training starts. Whichever way a trial ends, its step is
+closed (a CUDA graph's memory pool released) before `train_trial` returns or raises.
 
 Checkpoints, at each epoch end: one file, `<checkpoint_dir>/checkpoint.pt`, written
 atomically. It holds everything a resumed trial needs to continue exactly like an
@@ -80,6 +81,8 @@ class TrialResult:
     params: int = 0
     macs: int = 0
     error: str | None = None
+    step_class: str = ""          # the TrainStep that ran: "GraphStep" or "EagerStep"
+    captured: bool = False        # True when it ran as a replayed CUDA graph (no fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,6 +234,7 @@ class _Trial:
             warnings.warn(f"checkpoint {self.checkpoint_path}: does not fit this trial "
                           f"({type(err).__name__}: {err}); the trial starts from scratch",
                           CheckpointWarning, stacklevel=2)
+            self.close()
             self.__init__(self.config, self.report, self.checkpoint_dir)  # fresh objects
             return
         self.progress = _Progress(state["epoch"], state["iteration"], state["elapsed_s"],
@@ -324,7 +328,20 @@ class _Trial:
         final = {**last, STATUS: status, PARAMS: params, MACS: macs, PROBES: probes}
         self.report(final, checkpoint)
         return TrialResult(status=status, history=list(self.progress.history), final=final,
-                           probes=probes, params=params, macs=macs, error=error)
+                           probes=probes, params=params, macs=macs, error=error,
+                           step_class=type(self.step).__name__,
+                           captured=bool(self.step.captured))
+
+    def close(self) -> None:
+        """Release the trial's device memory now, not at the next garbage collection: the
+        step's (a CUDA graph's pool), then the model, optimizer and data set, whose memory
+        the allocator's cache hands back to the GPU. The next trial in this process (Ray's
+        reuse_actors) and packed neighbours get it. The trial is not used after this."""
+        self.step.close()
+        self.step = self.model = self.data = None      # nothing else holds them (no cycle)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()
 
 
 def train_trial(config: TrialConfig, report: Report | None = None,
@@ -338,5 +355,8 @@ def train_trial(config: TrialConfig, report: Report | None = None,
                     resumed (a corrupt one is reported with a warning and ignored).
     """
     trial = _Trial(config, report, checkpoint_dir)
-    trial.resume()
-    return trial.run()
+    try:
+        trial.resume()
+        return trial.run()
+    finally:
+        trial.close()

@@ -88,7 +88,7 @@ def test_graph_and_eager_errors_are_compared_per_trial():
 def test_the_entry_point_wires_every_section():
     from bench import gpu
 
-    assert {gpu.capture_checks.__module__, gpu.packing.__module__,
-            gpu.degradation_estimate.__module__} == {"bench.gpu_engine", "bench.gpu_packing",
-                                                     "bench.gpu_estimate"}
+    assert {gpu.capture_checks.__module__, gpu.throughput.__module__, gpu.packing.__module__,
+            gpu.degradation_estimate.__module__} == {"bench.gpu_checks", "bench.gpu_engine",
+                                                     "bench.gpu_packing", "bench.gpu_estimate"}
     assert callable(gpu.main)

@@ -11,6 +11,11 @@ Shuffling and the workers' augmentation seeds come from one CPU generator whose 
 checkpointed, so a resumed trial sees the same batches as an uninterrupted one. (With 0
 workers the random transforms draw from torch's global RNG instead, which `train_trial`
 seeds and checkpoints too.)
+
+On CUDA the batches come through pinned memory (`pin_memory=True`: the DataLoader's
+pin-memory thread calls CUDA while the train step is being captured; the capture uses
+`capture_error_mode="thread_local"` so that this does not invalidate it, see
+workers/graph_step.py).
 """
 
 from __future__ import annotations
