@@ -68,8 +68,8 @@ PY
 case " $* " in
   *" --cpu-smoke "*) ;;
   *) # the engine's tests, the CUDA-only ones included (they skip without a GPU)
-     CI=true timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_part1.py \
-         tests/test_gpu_engine.py > "$OUT/pytest.txt" 2>&1
+     CI=true timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/workers/test_gpu_release.py \
+         tests/workers/test_engine_gpu.py > "$OUT/pytest.txt" 2>&1
      echo "pytest exit status $? (tail of $OUT/pytest.txt):"; tail -n 15 "$OUT/pytest.txt" ;;
 esac
 exit $status

@@ -58,9 +58,10 @@ from workers.config import TrialConfig, data_config_problems, train_config_probl
 from workers.data import TrialData, load_data
 from workers.engine import TrainStep, evaluate, make_train_step, pick_device
 from workers.recipes import ErrorWarmup, lr_at
-from workers.results import (DIVERGED, EPOCH, FINISHED, GRADIENT_NORMS, ITERATION,
-                             LAYER_RESPONSES, MACS, PARAMS, PROBE_KINDS, PROBES, STATUS,
-                             ordered)
+from workers.results import (DIVERGED, ELAPSED_S, EPOCH, FINISHED, GRADIENT_NORMS,
+                             IMAGES_PER_S, ITERATION, LAYER_RESPONSES, LR, MACS, PARAMS,
+                             PROBES, PROBE_KINDS, STATUS, TEST_ERROR, TEST_LOSS,
+                             TRAIN_ERROR, TRAIN_LOSS, VAL_ERROR, VAL_LOSS, ordered)
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -267,8 +268,8 @@ class _Trial:
                 break
         train_loss, train_error = float(loss_sum) / seen, int(wrong_sum) / seen
         seconds = time.perf_counter() - started
-        return {"iteration": p.iteration, "lr": lr, "train_loss": train_loss,
-                "train_error": train_error, "images_per_s": seen / max(seconds, 1e-9),
+        return {ITERATION: p.iteration, LR: lr, TRAIN_LOSS: train_loss,
+                TRAIN_ERROR: train_error, IMAGES_PER_S: seen / max(seconds, 1e-9),
                 "_finite": finite and math.isfinite(train_loss)}
 
     def _evaluate(self, split: str) -> tuple[float, float]:
@@ -303,11 +304,11 @@ class _Trial:
                 error = f"non-finite training loss in epoch {p.epoch} (by iteration {p.iteration})"
             else:
                 if self.data.counts["val"]:
-                    metrics["val_loss"], metrics["val_error"] = self._evaluate("val")
+                    metrics[VAL_LOSS], metrics[VAL_ERROR] = self._evaluate("val")
                 if p.epoch % self.train.eval_every == 0 or p.epoch == self.total_epochs:
-                    metrics["test_loss"], metrics["test_error"] = self._evaluate("test")
+                    metrics[TEST_LOSS], metrics[TEST_ERROR] = self._evaluate("test")
             p.elapsed_s = elapsed_before + time.perf_counter() - clock
-            metrics["elapsed_s"] = p.elapsed_s
+            metrics[ELAPSED_S] = p.elapsed_s
             metrics = ordered(metrics)
             p.history.append(metrics)
             checkpoint = None
