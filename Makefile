@@ -9,12 +9,17 @@ REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 STUDY ?= search_spaces/degradation-quick.yaml
 PYTEST_ARGS ?=
+# `make readme-results`: the demo study, run in a fresh store of its own (never ./mlflow.db).
+README_STUDY := search_spaces/degradation-quick.yaml
+README_RUN := $(CURDIR)/build/readme-results
 
-.PHONY: help setup data test demo clean
+.PHONY: help setup data test demo readme-results clean
 
 help:
 	@echo "make demo   run the default study (local Ray + MLflow) and write its report"
 	@echo "make test   run the test suite"
+	@echo "make readme-results  rerun the demo study in a fresh store (build/readme-results)"
+	@echo "            and rewrite the README's demo table, its figure and the study's comment"
 	@echo "make setup  create $(VENV) with the pinned packages (done by demo/test)"
 	@echo "make data   make sure Fashion-MNIST is on disk (done by demo/test)"
 	@echo "make clean  remove the venv, local MLflow store, Ray results and reports"
@@ -41,5 +46,15 @@ demo: setup data
 	$(BIN)/resweep run $(STUDY)
 	$(BIN)/resweep report $(STUDY)
 
+# Local Ray (RAY_ADDRESS unset) and a fresh SQLite store; the README's numbers, the
+# figure in analysis/example/ and the study file's comment come from that store only.
+readme-results: setup data
+	rm -rf $(README_RUN) && mkdir -p $(README_RUN)
+	cd $(README_RUN) && env -u RAY_ADDRESS -u MLFLOW_TRACKING_URI $(abspath $(BIN))/resweep \
+	    run $(CURDIR)/$(README_STUDY) -q --tracking-uri sqlite:///$(README_RUN)/mlflow.db \
+	    --storage $(README_RUN)/ray_results
+	$(BIN)/python -m analysis.readme_results --study $(README_STUDY) \
+	    --tracking-uri sqlite:///$(README_RUN)/mlflow.db --out $(README_RUN)/report
+
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts ray_results reports
+	rm -rf $(VENV) mlflow.db mlartifacts ray_results reports build/readme-results

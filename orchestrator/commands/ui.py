@@ -27,7 +27,8 @@ examples:
 """
 
 EXIT_STATUS = ("exit status: 0 stopped with Ctrl-C (or addresses printed), 1 the server "
-               "failed or died,\n2 invalid input (unknown study, port in use)")
+               "failed or died,\n2 invalid input (unknown study, port in use, a tracking "
+               "server that does not answer)")
 
 
 class _MovedToPositional(argparse.Action):
@@ -61,9 +62,10 @@ def main(args) -> int:
     import signal
 
     from analysis.runs import find_experiment, open_store, resolve_study
-    from analysis.store import default_tracking_uri, list_experiments
+    from analysis.store import list_experiments
+    from orchestrator.commands.report import reader_tracking_uri
 
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = reader_tracking_uri(args.tracking_uri)
     client = open_store(tracking_uri)
     if args.study:
         experiments = [find_experiment(client, resolve_study(args.study)[0], tracking_uri)]

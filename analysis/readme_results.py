@@ -1,0 +1,136 @@
+"""`make readme-results`: the README's demo numbers and figure, regenerated from the MLflow
+store of a fresh run of the demo study (search_spaces/degradation-quick.yaml).
+
+    python -m analysis.readme_results --tracking-uri sqlite:///build/readme-results/mlflow.db
+
+reads the study's runs (`analysis.runs`), builds its report (`analysis.report`) in --out
+and rewrites, from those numbers only:
+- README.md between `<!-- readme-results:start -->` and `<!-- readme-results:end -->`:
+  the final training and test error of every trial, the onset and the fix in words;
+- analysis/example/<study>-map.png: the report's degradation map;
+- the study file's comment line(s) from `# Measured` to the end of its leading comment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import textwrap
+from pathlib import Path
+
+from analysis.findings import Findings, pp, pp_diff
+from analysis.report import Report, build_report
+from analysis.runs import StudyRuns, load_study_runs, resolve_study
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- readme-results:start -->", "<!-- readme-results:end -->"
+COMMENT_START = "# Measured"
+MAP_FIGURE = "2-degradation-map"  # analysis.figures.plot_degradation_map's name
+
+
+def trial_rows(runs: StudyRuns) -> list[tuple[str, float, float, bool]]:
+    """(label, final training error, test error, deepest of its kind) per finished trial:
+    plain nets first, then residual, by depth ("resnet-20" is written "ResNet-20")."""
+    done = runs.done.sort_values(["residual", "depth"])
+    deepest = done.groupby("residual")["depth"].transform("max")
+    return [(row["label"].replace("resnet-", "ResNet-"), row["train_error"],
+             row.get("test_error", float("nan")), row["depth"] == top)
+            for (_, row), top in zip(done.iterrows(), deepest)]
+
+
+def results_table(runs: StudyRuns) -> str:
+    lines = ["| trial | final training error | test error |", "|---|---|---|"]
+    for label, train, test, deepest in trial_rows(runs):
+        train_text = f"**{pp(train)}**" if deepest else pp(train)
+        lines.append(f"| {label} | {train_text} | {pp(test)} |")
+    return "\n".join(lines)
+
+
+def verdicts_sentence(findings: Findings) -> str:
+    """The onset and the fix in words, with the report's verdicts on both claims."""
+    degradation, fix = findings.claims[0].verdict, findings.claims[1].verdict
+    onset = next((o for o in findings.onsets.values() if o.depth is not None), None)
+    if onset is None:
+        return (f"No deeper plain net trains worse here (no degradation onset): the "
+                f"report's claims table marks the degradation claim *{degradation}* and "
+                f"the fix *{fix}*.")
+    gain = next((g for g in findings.gains if g.depth == onset.depth), None)
+    twin = (f", its residual twin does not ({pp_diff(gain.train_gain)} in its favour)"
+            if gain is not None else "")
+    verdicts = (f"marks both claims *{degradation}*" if degradation == fix else
+                f"marks the degradation claim *{degradation}* and the fix *{fix}*")
+    return (f"The deeper plain net trains worse (degradation onset at depth {onset.depth}, "
+            f"{pp_diff(onset.comparison.diff)} over depth {onset.shallower}){twin}: the "
+            f"report's claims table {verdicts}.")
+
+
+def readme_block(runs: StudyRuns, findings: Findings) -> str:
+    """What stands between the README's markers (the markers excluded)."""
+    return "\n".join([results_table(runs), "", textwrap.fill(verdicts_sentence(findings), 90)])
+
+
+def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
+    """`text` with everything between the `start` and `end` markers replaced by `block`."""
+    head, found, rest = text.partition(start)
+    middle, found_end, tail = rest.partition(end)
+    if not found or not found_end:
+        raise ValueError(f"no {start} ... {end} markers in the text")
+    return f"{head}{start}\n{block.strip()}\n{end}{tail}"
+
+
+def study_comment(runs: StudyRuns, findings: Findings) -> list[str]:
+    """The study file's `# Measured ...` lines."""
+    errors = ", ".join(f"{label} {pp(train)}" for label, train, _, _ in trial_rows(runs))
+    verdicts = {c.verdict for c in findings.claims[:2]}
+    text = (f"Measured by `make readme-results` (the README's demo table): final training "
+            f"error {errors}; the report marks degradation and its fix "
+            f"{' / '.join(sorted(verdicts))}.")
+    return textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ")
+
+
+def rewrite_study_comment(text: str, comment: list[str]) -> str:
+    """Replace the lines from `# Measured` to the end of the file's leading comment block
+    (YAML comments only: the trials, and so their trial ids, stay as they are)."""
+    lines = text.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith(COMMENT_START)), None)
+    if first is None:
+        raise ValueError(f"no line starting {COMMENT_START!r} in the study file")
+    last = first
+    while last + 1 < len(lines) and lines[last + 1].startswith("#"):
+        last += 1
+    return "".join(lines[:first] + [line + "\n" for line in comment] + lines[last + 1:])
+
+
+def regenerate(runs: StudyRuns, out_dir: Path, readme: Path, study_file: Path,
+               example_dir: Path) -> Report:
+    """Write the report in `out_dir`, rewrite `readme` and `study_file`, copy the map into
+    `example_dir` (as <study>-map.png)."""
+    report = build_report(runs, out_dir)
+    figure = next(f for f in report.figures if f.name == MAP_FIGURE)
+    shutil.copyfile(figure.png, example_dir / f"{runs.study}-map.png")
+    readme.write_text(replace_block(readme.read_text(encoding="utf-8"),
+                                    readme_block(runs, report.findings)), encoding="utf-8")
+    study_file.write_text(rewrite_study_comment(study_file.read_text(encoding="utf-8"),
+                                                study_comment(runs, report.findings)),
+                          encoding="utf-8")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking-uri", required=True, help="the demo run's MLflow store")
+    parser.add_argument("--study", default=str(REPO / "search_spaces" / "degradation-quick.yaml"))
+    parser.add_argument("--out", default=str(REPO / "build" / "readme-results" / "report"))
+    args = parser.parse_args(argv)
+    name, study_file = resolve_study(args.study)
+    runs = load_study_runs(name, args.tracking_uri)
+    report = regenerate(runs, Path(args.out), REPO / "README.md", study_file,
+                        REPO / "analysis" / "example")
+    print(readme_block(runs, report.findings))
+    print(f"rewrote README.md, {study_file} and analysis/example/{name}-map.png "
+          f"(report: {report.html})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
