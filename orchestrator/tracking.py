@@ -72,6 +72,21 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def answering_tracking_uri(option_value: str | None) -> str:
+    """The store a command uses: --tracking-uri, else $MLFLOW_TRACKING_URI, else
+    ./mlflow.db; a tracking server among them is asked first (`check_tracking_server`
+    within $RESWEEP_CONNECT_TIMEOUT), naming the option or variable the URI came from.
+    run, report and ui call this before they open or create anything."""
+    from analysis.store import default_tracking_uri
+    from orchestrator.arg_types import connect_timeout
+
+    from_env = not option_value and os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = option_value or default_tracking_uri()
+    check_tracking_server(tracking_uri, connect_timeout(),
+                          "$MLFLOW_TRACKING_URI" if from_env else "--tracking-uri")
+    return tracking_uri
+
+
 def check_tracking_server(tracking_uri: str, timeout_s: float,
                           option: str = "--tracking-uri") -> None:
     """Raise ConfigError, saying what to check, when an http(s) tracking URI has no server

@@ -49,33 +49,16 @@ def add_arguments(parser) -> None:
     add_quiet_option(parser, "the trial count and the report's paths")
 
 
-def reader_tracking_uri(option_value: str | None) -> str:
-    """The store `report` and `ui` read: --tracking-uri, else $MLFLOW_TRACKING_URI, else
-    ./mlflow.db. A tracking server is asked first, as `resweep run` does: one that does not
-    answer within $RESWEEP_CONNECT_TIMEOUT is a ConfigError (exit 2) naming the option,
-    not MLflow's ~4 minutes of retries."""
-    import os
-
-    from analysis.store import default_tracking_uri
-    from orchestrator.arg_types import connect_timeout
-    from orchestrator.tracking import check_tracking_server
-
-    tracking_uri = option_value or default_tracking_uri()
-    option = "--tracking-uri" if option_value or not os.environ.get("MLFLOW_TRACKING_URI") \
-        else "$MLFLOW_TRACKING_URI"
-    check_tracking_server(tracking_uri, connect_timeout(), option)
-    return tracking_uri
-
-
 def main(args) -> int:
     from pathlib import Path
 
     from analysis.report import (build_report, format_claims_text, log_report, onset_lines,
                                  runs_view_url, ui_base_url)
     from analysis.runs import load_study_runs, resolve_study
+    from orchestrator.tracking import answering_tracking_uri
 
     name, study_file = resolve_study(args.study)
-    tracking_uri = reader_tracking_uri(args.tracking_uri)
+    tracking_uri = answering_tracking_uri(args.tracking_uri)
     runs = load_study_runs(name, tracking_uri, parent=args.parent)
     out_dir = Path(args.out) if args.out else Path("reports") / name
     study_text = study_file.read_text(encoding="utf-8") if study_file else None

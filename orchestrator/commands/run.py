@@ -89,16 +89,13 @@ def _check_services(args) -> None:
 
     from orchestrator.arg_types import connect_timeout
     from orchestrator.ray_session import check_ray_address
-    from orchestrator.tracking import check_tracking_server
+    from orchestrator.tracking import answering_tracking_uri
 
-    timeout = connect_timeout()
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        check_tracking_server(uri, timeout,
-                              "--tracking-uri" if args.tracking_uri else "$MLFLOW_TRACKING_URI")
+    answering_tracking_uri(args.tracking_uri)
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address and not args.dry_run:
-        check_ray_address(address, timeout, "--address" if args.address else "$RAY_ADDRESS")
+        check_ray_address(address, connect_timeout(),
+                          "--address" if args.address else "$RAY_ADDRESS")
 
 
 def _dry_run(args) -> int:

@@ -63,9 +63,9 @@ def main(args) -> int:
 
     from analysis.runs import find_experiment, open_store, resolve_study
     from analysis.store import list_experiments
-    from orchestrator.commands.report import reader_tracking_uri
+    from orchestrator.tracking import answering_tracking_uri
 
-    tracking_uri = reader_tracking_uri(args.tracking_uri)
+    tracking_uri = answering_tracking_uri(args.tracking_uri)
     client = open_store(tracking_uri)
     if args.study:
         experiments = [find_experiment(client, resolve_study(args.study)[0], tracking_uri)]

@@ -18,7 +18,7 @@ from analysis.runs import load_study_runs
 from orchestrator.tracking import StudyTracker
 from search_spaces import expand_study, load_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "search_spaces" / "degradation-quick.yaml"
 # (depth, residual) -> final training error, test error: degradation and its fix.
 FINAL = {(20, False): (0.1537, 0.16), (56, False): (0.241, 0.25),
