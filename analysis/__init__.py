@@ -8,6 +8,7 @@
     probe_views.py    the trials' probes.json as a table; layer responses, gradient flow
     report.py         report.html (self-contained) + summary.md, logged to the parent run
     server.py         `mlflow server` on 127.0.0.1 for `resweep ui`
+    readme_results.py the README's demo table, figure and study comment (`make readme-results`)
 
 Reads MLflow through `MlflowClient` with any tracking URI; never imported by `models`,
 `workers` or the CLI's --help (commands import it inside `main`).

@@ -39,6 +39,9 @@ SHORTCUT_COLOURS = {"plain": "#d95f02", "A": "#1b9e77", "B": "#386cb0", "C": "#7
 MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_MARKED_SERIES = 4      # more series than this: no per-series markers in the curves
 MAX_INSIDE_LEGEND = 6      # more series than this: the legend goes beside the axes
+# Figure names (files <name>.png/.svg under figures/; the report and the README read them).
+DEGRADATION_MAP = "2-degradation-map"
+SHORTCUTS_FIGURE = "3-shortcuts"
 MAX_VALUE_LABELS = 12      # degradation map: print the means of <= 2 lines of this few points
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
@@ -250,7 +253,7 @@ def plot_degradation_map(done: pd.DataFrame, findings: Findings, out_dir: Path
         axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                            fontsize=7.5)
     fig.suptitle("Degradation map: error against depth, plain vs residual", y=1.02)
-    return save_figure(fig, out_dir, "2-degradation-map", "Degradation map",
+    return save_figure(fig, out_dir, DEGRADATION_MAP, "Degradation map",
                  "Lines: mean over seeds; bands: 95% t-interval; dots: single seeds. "
                  "Plain nets dashed (warm colours), residual nets solid (cool colours). "
                  + _seed_note(done))
@@ -337,7 +340,7 @@ def plot_shortcuts(aggregates: pd.DataFrame, out_dir: Path) -> FigureFile | None
                bbox_to_anchor=(0.5, 1.0))
     fig.suptitle("Shortcut options (paper Table 3): A zero-padded identity, B projection where "
                  "the shape changes, C projection everywhere", y=1.07, fontsize=10)
-    return save_figure(fig, out_dir, "3-shortcuts", "Shortcut options A/B/C",
+    return save_figure(fig, out_dir, SHORTCUTS_FIGURE, "Shortcut options A/B/C",
                  "Bars: mean over seeds; whiskers: 95% t-interval. Numbers in percent.")
 
 

@@ -18,6 +18,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
+from analysis.figures import DEGRADATION_MAP
 from analysis.findings import Findings, pp, pp_diff
 from analysis.report import Report, build_report
 from analysis.runs import StudyRuns, load_study_runs, resolve_study
@@ -25,7 +26,6 @@ from analysis.runs import StudyRuns, load_study_runs, resolve_study
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- readme-results:start -->", "<!-- readme-results:end -->"
 COMMENT_START = "# Measured"
-MAP_FIGURE = "2-degradation-map"  # analysis.figures.plot_degradation_map's name
 
 
 def trial_rows(runs: StudyRuns) -> list[tuple[str, float, float, bool]]:
@@ -106,7 +106,7 @@ def regenerate(runs: StudyRuns, out_dir: Path, readme: Path, study_file: Path,
     """Write the report in `out_dir`, rewrite `readme` and `study_file`, copy the map into
     `example_dir` (as <study>-map.png)."""
     report = build_report(runs, out_dir)
-    figure = next(f for f in report.figures if f.name == MAP_FIGURE)
+    figure = next(f for f in report.figures if f.name == DEGRADATION_MAP)
     shutil.copyfile(figure.png, example_dir / f"{runs.study}-map.png")
     readme.write_text(replace_block(readme.read_text(encoding="utf-8"),
                                     readme_block(runs, report.findings)), encoding="utf-8")

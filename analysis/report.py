@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import (FigureFile, plot_degradation_map, plot_shortcuts,
-                              plot_training_curves, shortcut_table)
+from analysis.figures import (SHORTCUTS_FIGURE, FigureFile, plot_degradation_map,
+                              plot_shortcuts, plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
 from analysis.probe_views import (layer_response_means, plot_gradient_flow,
@@ -244,7 +244,7 @@ def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
         parts.append(f'<figure id="{_e(f.name)}"><img alt="{_e(f.title)}" '
                      f'src="data:image/png;base64,{data}"><figcaption><b>{_e(f.title)}.</b> '
                      f"{_e(f.caption)} (SVG: figures/{_e(f.svg.name)})</figcaption></figure>")
-        if f.name == "3-shortcuts":
+        if f.name == SHORTCUTS_FIGURE:
             parts.append(_shortcut_html(findings))
     if not figures:
         parts.append("<p>No figure: the study has no finished trials with the data they need.</p>")

@@ -218,13 +218,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return cls(**_known_fields(cls, data, "model"))
+        return cls(**known_fields(cls, data, "model"))
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
 
-def _known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+def known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     """Reject keys the dataclass does not have, naming them and the allowed ones."""
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(allowed))
@@ -238,8 +238,8 @@ def _known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]
 # Every message names the field (``model.depth``), the value received and what is allowed.
 # Each field's own rule (type, choices, bounds) is declared on `ModelConfig` above; these
 # are the architecture rules, read from the table in models/architectures.py that the
-# builders use too. Study expansion calls this (through build_model on the meta device)
-# for every trial.
+# builders use too. Study expansion calls this (through models.complexity.model_stats) for
+# every distinct network, and build_model before it builds one.
 
 def validate_model_config(cfg: ModelConfig) -> None:
     """Raise ConfigError for the first invalid field of `cfg`; return None if valid."""

@@ -106,7 +106,7 @@ def ray_session(address: str | None = None, *, log_to_driver: bool = False,
     except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
         if address is None:
             raise  # the embedded Ray failed to start: not an input error
-        raise ConfigError(_connect_hint(address, err, log.text)) from None
+        raise ConfigError(_connect_hint(address, err, log.text, option)) from None
     try:
         resources = ray.cluster_resources()
         yield RaySession(address, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
@@ -176,16 +176,19 @@ def _fd2_captured() -> Iterator[_Captured]:
 _AUTH_WORDS = ("invalidauthtoken", "unauthenticated", "authentication")
 
 
-def _connect_hint(address: str, err: Exception, log: str = "") -> str:
+def _connect_hint(address: str, err: Exception, log: str = "",
+                  option: str = "--address") -> str:
+    """What to check when ray.init to `address` (from `option`) failed; `log` is what Ray's
+    C++ client wrote to fd 2 meanwhile (its last lines are kept: they say why)."""
     auth = os.environ.get("RAY_AUTH_MODE")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if any(word in f"{type(err).__name__} {err} {log}".lower() for word in _AUTH_WORDS):
-        return (f"--address: the Ray cluster at {address!r} rejected this driver's "
+        return (f"{option}: the Ray cluster at {address!r} rejected this driver's "
                 f"authentication ({type(err).__name__}: {first[:200]}); export "
                 f"RAY_AUTH_MODE=token (it is {auth!r}) and the cluster's token "
                 "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), the same as "
                 "for `ray start` on the head")
-    lines = [f"--address: cannot connect to a Ray cluster at {address!r}: "
+    lines = [f"{option}: cannot connect to a Ray cluster at {address!r}: "
              f"{type(err).__name__}: {first}",
              "start one with `RAY_AUTH_MODE=token ray start --head --port 6379` and pass "
              "--address auto (same machine) or --address HOST:6379"]
@@ -193,4 +196,7 @@ def _connect_hint(address: str, err: Exception, log: str = "") -> str:
         lines.append("if the cluster uses token authentication, export RAY_AUTH_MODE=token "
                      f"here too (it is {auth!r}) and make the token available "
                      "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+    tail = [line.strip() for line in log.strip().splitlines()[-3:] if line.strip()]
+    if tail:
+        lines.append("Ray's client said: " + " | ".join(t[:200] for t in tail))
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from typing_extensions import Annotated
 from models.config import ModelConfig, Setting, settings
 from workers.config import DataConfig, Resources, TrainConfig
 from workers.results import OBJECTIVE_METRICS as METRICS  # what a search may optimise
+from workers.results import VAL_ERROR
 ALGORITHMS = ("optuna-tpe", "optuna-random")
 DESIGNS = ("grid", "ablation", "search")
 # Caps of the study-level numbers (the config fields' caps are on their declarations);
@@ -223,7 +224,7 @@ class SearchSpec(_Spec):
 
     algorithm: Literal[ALGORITHMS] = "optuna-tpe"
     num_samples: int = Field(20, ge=1, le=10_000, description="trials to propose")
-    metric: Literal[METRICS] = "val_error"
+    metric: Literal[METRICS] = VAL_ERROR
     mode: Literal["min", "max"] = "min"
     max_concurrent: Optional[int] = Field(None, ge=1, le=1024, description="trials at a time")
     scheduler: Optional[SchedulerSpec] = None

@@ -1,8 +1,9 @@
 """`load_study(path, overrides)` -> `Study`; `expand_study(study)` -> trials.
 
 Loading reads the YAML strictly, applies `--set` overrides, validates types and
-cross-field rules, and (for grid and ablation designs) expands and builds every trial's
-model on the meta device. Every problem found is raised together as one `StudyError`.
+cross-field rules, and (for grid and ablation designs) expands it, checking every distinct
+network against the architecture rules and counting it in closed form (no network is
+built). Every problem found is raised together as one `StudyError`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Study:
         return [self.keys[n] for n in names if n in self.keys]
 
     def model_stats(self, model: ModelConfig) -> ModelStats:
-        """Parameters and MACs of a network of this study (built on the meta device)."""
+        """Parameters and MACs of a network of this study (closed form, cached per net)."""
         cache = self.expansion.stats if self.expansion else {}
         stats = model_stats(model, cache)
         if isinstance(stats, ConfigError):

@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config import (ConfigError, ModelConfig, _known_fields, field_problems,
+from models.config import (ConfigError, ModelConfig, field_problems, known_fields,
                            invalid_fields, setting)
 from workers.data.datasets import DATASET_FACTS
 
@@ -60,7 +60,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DataConfig":
-        return cls(**_known_fields(cls, data, "data"))
+        return cls(**known_fields(cls, data, "data"))
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return cls(**_known_fields(cls, data, "train"))
+        return cls(**known_fields(cls, data, "train"))
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Resources:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Resources":
-        return cls(**_known_fields(cls, data, "resources"))
+        return cls(**known_fields(cls, data, "resources"))
 
 
 # Fields that change where or how fast a trial runs but not what it computes; they are
@@ -197,7 +197,7 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialConfig":
         data = {k: v for k, v in data.items() if k != "trial_id"}  # derived, not stored
-        data = _known_fields(cls, data, "trial")
+        data = known_fields(cls, data, "trial")
         return cls(name=data["name"], study=data.get("study", "adhoc"),
                    seed=int(data.get("seed", 0)),
                    model=ModelConfig.from_dict(data["model"]),

@@ -337,11 +337,15 @@ class _Trial:
         """Release the trial's device memory now, not at the next garbage collection: the
         step's (a CUDA graph's pool), then the model, optimizer and data set, whose memory
         the allocator's cache hands back to the GPU. The next trial in this process (Ray's
-        reuse_actors) and packed neighbours get it. The trial is not used after this."""
-        self.step.close()
+        reuse_actors) and packed neighbours get it. The trial is not used after this.
+        Safe to call twice (a resume that rebuilds the trial closes it first, and a rebuild
+        that raises reaches train_trial's `finally` with no step)."""
+        if getattr(self, "step", None) is not None:
+            self.step.close()
         self.step = self.model = self.data = None      # nothing else holds them (no cycle)
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
+        device = getattr(self, "device", None)
+        if device is not None and device.type == "cuda":
+            with torch.cuda.device(device):
                 torch.cuda.empty_cache()
 
 

@@ -178,7 +178,7 @@ def _load(path: str, overrides: list[str]):
 
     try:
         return load_study(path, overrides)
-    except StudyError:
+    except StudyError as err:
         if not overrides:
             raise
         try:
@@ -195,8 +195,8 @@ def _load(path: str, overrides: list[str]):
                 hints.append(f"--set {item}: {why}; --set overrides a study field and does "
                              f"not pick trials: --where {key}={value} picks those with "
                              "that value")
-        if hints:
-            raise ConfigError("\n".join(hints)) from None
+        if hints:  # every problem of the study still shows, the hints after them
+            raise ConfigError("\n".join([str(err), *hints])) from None
         raise
 
 

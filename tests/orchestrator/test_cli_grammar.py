@@ -99,7 +99,15 @@ def test_where_picks_trials_and_says_what_exists(capsys):
 def test_set_on_a_varied_key_names_the_where_that_picks_it(capsys):
     assert resweep(["train", QUICK_STUDY, "--set", "model.depth=56", "--set", "seed=0"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [
+    # Every problem the loader found still shows (with file:line), then the hints.
+    assert err[:2] == [
+        "resweep train: error: search_spaces/degradation-quick.yaml (--set seed=0): seed: got "
+        "the unknown key 'seed'; allowed: name, description, data, train, model, design, "
+        "space, baseline, vary, constraints, repeats, seeds, search, resources, max_trials",
+        "resweep train: error: search_spaces/degradation-quick.yaml:29: space.depth: got "
+        "'depth' here and in model.depth; a field is either fixed in `model` or varied in "
+        "`space`, remove one"]
+    assert err[2:] == [
         "resweep train: error: --set model.depth=56: the study varies model.depth; --set "
         "overrides a study field and does not pick trials: --where model.depth=56 picks "
         "those with that value",
