@@ -329,7 +329,10 @@ class StudyTracker:
     def end_trial(self, run_id: str, status: str, *, probes: dict | None = None,
                   tags: dict[str, str] | None = None, error: str | None = None) -> None:
         """Close a child run: resweep.status, artifacts, MLflow status per the contract;
-        on the writer, after every epoch queued for it (a FINISHED run has them all)."""
+        on the writer, after every epoch queued for it (a FINISHED run has them all), with
+        the run's end time taken now, when the trial ended, not when the write got through."""
+        end_time = int(time.time() * 1000)
+
         def end() -> None:
             from mlflow.entities import RunTag
 
@@ -339,7 +342,7 @@ class StudyTracker:
                 self.client.log_text(run_id, error, Artifact.ERROR)
             all_tags = {Tag.STATUS: status, **(tags or {})}
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
+            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
 
         self._on_run(run_id, end, f"end ({status})")
 

@@ -85,7 +85,7 @@ class TrackingWriter:
     while the writer runs, except trial starts, which Tune needs the run id of at once)."""
 
     def __init__(self, client, *, max_backlog: int = 20_000, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 30.0, stall_s: float = 10.0):
+                 retry_max_s: float = 30.0, stall_s: float = 10.0, start: bool = True):
         self.client = client
         self.max_backlog = max_backlog
         self.retry_initial_s, self.retry_max_s, self.stall_s = retry_initial_s, retry_max_s, stall_s
@@ -101,7 +101,16 @@ class TrackingWriter:
         self._failing = False
         self._thread = threading.Thread(target=self._work, name="resweep-tracking-writer",
                                         daemon=True)  # never keeps a finished driver alive
-        self._thread.start()
+        if start:
+            self._thread.start()
+        else:
+            self._closing = True
+
+    def __reduce__(self):
+        # Tune pickles its callbacks (which hold the writer) with the experiment state; a
+        # copy is a closed writer with the same settings: queue and thread stay here.
+        return (_closed_writer, (self.client, self.max_backlog, self.retry_initial_s,
+                                 self.retry_max_s, self.stall_s))
 
     # ---- producers (Tune's loop) -----------------------------------------------------
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int,
@@ -221,6 +230,11 @@ class TrackingWriter:
         for batch_metrics, batch_tags in _requests(metrics, tag_list):
             self.requests += 1
             self.client.log_batch(run_id, metrics=batch_metrics, tags=batch_tags)
+
+
+def _closed_writer(client, max_backlog, retry_initial_s, retry_max_s, stall_s):
+    return TrackingWriter(client, max_backlog=max_backlog, retry_initial_s=retry_initial_s,
+                          retry_max_s=retry_max_s, stall_s=stall_s, start=False)
 
 
 def _take(queue: deque):

@@ -198,3 +198,18 @@ def test_a_server_killed_and_restarted_mid_write_gets_every_epoch_once(
         for r, run_id in enumerate(runs):
             check_history(client, run_id, epochs, r)
             assert client.get_run(run_id).data.tags["resweep.last_epoch"] == str(epochs)
+
+
+def test_a_pickled_copy_is_a_closed_writer_and_the_original_goes_on(sqlite_client):
+    import pickle
+
+    client, experiment = sqlite_client   # Tune pickles its callbacks, which hold the writer
+    (run_id,) = make_runs(client, experiment, 1)
+    writer = TrackingWriter(client, max_backlog=7)
+    copy = pickle.loads(pickle.dumps(writer))
+    assert copy.max_backlog == 7 and copy.backlog == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        copy.log_epoch(run_id, metrics_of(1), 1, {})
+    writer.log_epoch(run_id, metrics_of(1), 1, {})
+    assert writer.close(timeout=60)
+    check_history(client, run_id, 1)
