@@ -9,6 +9,10 @@ this run (trials running in parallel raise that rate), each epoch weighted by it
 relative cost (`epoch_cost`, e.g. MACs) when the caller knows it. Unweighted, the first
 epochs of a longest-first grid (the deep nets) would make the short trials left at the
 end look as slow as them.
+
+With the tracking writer (`orchestrator.tracking_writer`) the line adds "writer backlog N"
+when N >= BACKLOG_SHOWN results wait to be written, and "tracking server not answering,
+retrying" while writes fail (a change of that state is printed at once off a terminal).
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ from orchestrator.tune_callbacks import end_status, metric_value, result_epoch
 from search_spaces.plan import format_duration
 from workers.results import DONE_STATUSES, FAILED, RUNNING
 
+BACKLOG_SHOWN = 20  # a writer that keeps up has a few results in flight: not news
+
 
 class ProgressDisplay(Callback):
     """See module docstring. total: trials this run will start; epochs_per_trial: the
     planned length of each (None where only iterations are known: ETA by trials);
     epoch_cost: {trial name: relative cost of one epoch} for every trial to run, or None
-    (all equal)."""
+    (all equal); writer: the tracking writer (its `backlog` and `retrying`), or None."""
 
     def __init__(self, total: int, epochs_per_trial: int | None, metric: str, mode: str,
                  stream: TextIO | None = None, already_done: int = 0,
-                 epoch_cost: dict[str, float] | None = None):
+                 epoch_cost: dict[str, float] | None = None, writer=None):
         self.total = total
         self.epochs_per_trial = epochs_per_trial or 1
         self.count_epochs = epochs_per_trial is not None
@@ -46,9 +52,10 @@ class ProgressDisplay(Callback):
         self.epochs: dict[str, int] = {}   # Tune trial id -> epochs done
         self.names: dict[str, str] = {}    # Tune trial id -> trial name
         self.epoch_cost = epoch_cost or {}
+        self.writer = writer
         self.work_this_run = 0.0           # cost-weighted epochs finished in this run
         self.best: tuple[float, str] | None = None
-        self._last_counts: dict[str, int] | None = None
+        self._last_state: tuple | None = None
         self._last_print = 0.0
 
     # Tune hooks ---------------------------------------------------------------------
@@ -134,6 +141,13 @@ class ProgressDisplay(Callback):
         eta = self.eta_seconds()
         if eta is not None and c["done"] + c["failed"] < self.total:
             parts.append(f"| ETA {format_duration(eta)}")
+        if self.writer is not None:
+            backlog = self.writer.backlog
+            if self.writer.retrying:
+                parts.append(f"| tracking server not answering, retrying "
+                             f"(writer backlog {backlog})")
+            elif backlog >= BACKLOG_SHOWN:
+                parts.append(f"| writer backlog {backlog}")
         return " ".join(parts)
 
     def _show(self, force: bool = False) -> None:
@@ -145,7 +159,7 @@ class ProgressDisplay(Callback):
                 self.stream.flush()
                 self._last_print = now
             return
-        counts = self.counts()
-        if counts != self._last_counts or now - self._last_print >= 30:
+        state = (self.counts(), self.writer is not None and self.writer.retrying)
+        if state != self._last_state or now - self._last_print >= 30:
             print(line, file=self.stream, flush=True)
-            self._last_counts, self._last_print = counts, now
+            self._last_state, self._last_print = state, now

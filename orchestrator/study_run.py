@@ -192,10 +192,13 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     from analysis.store import default_tracking_uri, sqlite_path
     from orchestrator.tracking import StudyTracker
 
+    from orchestrator.tracking_writer import flush_timeout
+
     out = out or sys.stdout
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=out, flush=True))
     started = time.monotonic()
     study = load_study(options.study_path, options.overrides)
+    flush_timeout()  # a bad $RESWEEP_TRACKING_FLUSH_TIMEOUT fails before anything starts
     tracking_uri = options.tracking_uri or default_tracking_uri()
     make_plan = plan_search if study.design == "search" else plan_grid
     db = sqlite_path(tracking_uri)
@@ -250,13 +253,15 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
     from orchestrator.progress import ProgressDisplay
     from orchestrator.tune_callbacks import MlflowTrialLogger
 
+    tracker.start_writer()  # epochs and trial ends: queued, Tune's loop never waits on MLflow
+    writer = tracker.writer
     logger = MlflowTrialLogger(tracker, storage, metric=plan.metric)
     callbacks = [logger]
     if not options.quiet:
         callbacks.append(ProgressDisplay(plan.num_samples, plan.epochs_per_trial, plan.metric,
                                          plan.mode, stream=out,
                                          already_done=plan.already_done,
-                                         epoch_cost=plan.epoch_cost))
+                                         epoch_cost=plan.epoch_cost, writer=writer))
     job = TuneJob(experiment_name=experiment_name, storage_path=storage, cpu=plan.cpu,
                   gpu=plan.gpu, searcher=plan.searcher, num_samples=plan.num_samples,
                   scheduler=plan.scheduler, max_failures=options.max_failures)
@@ -265,6 +270,8 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
             run_tune(job, callbacks)
     except KeyboardInterrupt:
         _close_interrupted(tracker, logger)
+        if not _close_writer(tracker, options):
+            return EXIT_FAILED
         tracker.end_study(INTERRUPTED, _summary_tags(logger, plan.mode))
         print(f"\nresweep run: interrupted; {_count(logger, 'done')} trials finished in this "
               "run are recorded, unfinished ones continue from their last checkpoint.\n"
@@ -272,14 +279,48 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
         return EXIT_INTERRUPTED
     except BaseException:
         _close_interrupted(tracker, logger)
-        tracker.end_study(FAILED, _summary_tags(logger, plan.mode))
+        if _close_writer(tracker, options):
+            tracker.end_study(FAILED, _summary_tags(logger, plan.mode))
         raise
     # Trials Tune never finished (e.g. the searcher ran out of proposals mid-trial).
     _close_interrupted(tracker, logger)
+    if not _close_writer(tracker, options):
+        return EXIT_FAILED
     failed = [o for o in logger.outcomes.values() if o.status == FAILED]
-    tracker.end_study(FAILED if failed else FINISHED, _summary_tags(logger, plan.mode))
+    tracker.end_study(FAILED if failed or writer.rejected else FINISHED,
+                      _summary_tags(logger, plan.mode))
     _print_summary(study, tracker, plan, logger, time.monotonic() - started, out)
-    return EXIT_FAILED if failed else EXIT_OK
+    for line in writer.rejected[:10]:
+        print(f"resweep run: MLflow refused a write ({line}); it is not recorded", file=out)
+    return EXIT_FAILED if failed or writer.rejected else EXIT_OK
+
+
+def _close_writer(tracker, options) -> bool:
+    """Write what is still queued, waiting at most $RESWEEP_TRACKING_FLUSH_TIMEOUT s (a
+    second Ctrl-C stops the wait). False, with a message, when the store did not take it:
+    the caller exits 1 and leaves the parent run open for the rerun that records the rest
+    (the trials left incomplete continue from their last recorded checkpoint, or again)."""
+    from orchestrator.tracking_writer import FLUSH_TIMEOUT_ENV, flush_timeout
+
+    writer, wait_s = tracker.writer, flush_timeout()
+    try:
+        if writer.flush(min(2.0, wait_s)):
+            return tracker.close_writer(0)
+        print(f"resweep run: writing {writer.backlog} queued results to MLflow "
+              f"({tracker.tracking_uri}); waiting up to {wait_s:g} s (${FLUSH_TIMEOUT_ENV})",
+              file=sys.stderr, flush=True)
+        if tracker.close_writer(max(0.0, wait_s - 2.0)):
+            return True
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        tracker.writer = None
+        writer.close(0)
+    why = writer.last_error or "no answer yet"
+    print(f"resweep run: the tracking store {tracker.tracking_uri} did not take "
+          f"{writer.backlog} queued results ({why}); they are not in MLflow.\n"
+          "  A rerun backfills them once the store answers: trials with missing epochs "
+          "continue from their last recorded checkpoint (or run again).\n"
+          f"  rerun: {options.command_line()}", file=sys.stderr)
+    return False
 
 
 def _close_interrupted(tracker, logger) -> None:

@@ -7,8 +7,11 @@ The store's layout (tag, artifact and status names; README "MLflow conventions")
 per trial, named after it (Tag.KIND = trial; params = the flattened TrialConfig; metrics
 step = epoch; artifacts trial.json and probes.json).
 
-Only the driver writes (one process, so a SQLite store has a single writer); every
-per-epoch result is one `log_batch` request.
+Only the driver writes (one process, so a SQLite store has a single writer). During a
+study (`start_writer`) epoch results and trial ends go through the background
+`orchestrator.tracking_writer.TrackingWriter` (queued, coalesced into few `log_batch`
+requests, retried, in order per run), so Tune's loop never waits on the store; without a
+writer each call is one synchronous request.
 
 Reruns (a killed driver, `--resume`, an extended study) follow these rules:
 - a trial whose trial_id has a child run with resweep.status in DONE_STATUSES
@@ -180,6 +183,7 @@ class StudyTracker:
     parent_run_id: str | None = None
     parent_run_name: str | None = None
     reused_parent: bool = False
+    writer: Any = None   # a TrackingWriter while a study runs (`start_writer`), else None
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -306,26 +310,62 @@ class StudyTracker:
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int,
                   tags: dict[str, str]) -> None:
-        """One result of a trial: its scalar metrics at step=epoch and tags, one request."""
+        """One result of a trial: its scalar metrics at step=epoch and tags (queued on the
+        writer, else one request)."""
         from mlflow.entities import Metric, RunTag
 
+        if self.writer is not None:
+            self.writer.log_epoch(run_id, metrics, step, tags)
+            return
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
             tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def set_trial_tag(self, run_id: str, key: str, value: str) -> None:
+        """One tag on a child run (queued after its epochs on the writer)."""
+        self._on_run(run_id, lambda: self.client.set_tag(run_id, key, value), f"tag {key}")
+
     def end_trial(self, run_id: str, status: str, *, probes: dict | None = None,
                   tags: dict[str, str] | None = None, error: str | None = None) -> None:
-        """Close a child run: resweep.status, artifacts, MLflow status per the contract."""
-        from mlflow.entities import RunTag
+        """Close a child run: resweep.status, artifacts, MLflow status per the contract;
+        on the writer, after every epoch queued for it (a FINISHED run has them all), with
+        the run's end time taken now, when the trial ended, not when the write got through."""
+        end_time = int(time.time() * 1000)
 
-        if probes:
-            self.client.log_dict(run_id, probes, Artifact.PROBES)
-        if error:
-            self.client.log_text(run_id, error, Artifact.ERROR)
-        all_tags = {Tag.STATUS: status, **(tags or {})}
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-        self.client.set_terminated(run_id, status=MLFLOW_STATUS[status])
+        def end() -> None:
+            from mlflow.entities import RunTag
+
+            if probes:
+                self.client.log_dict(run_id, probes, Artifact.PROBES)
+            if error:
+                self.client.log_text(run_id, error, Artifact.ERROR)
+            all_tags = {Tag.STATUS: status, **(tags or {})}
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
+
+        self._on_run(run_id, end, f"end ({status})")
+
+    def _on_run(self, run_id: str, fn, what: str) -> None:
+        if self.writer is not None:
+            self.writer.call(run_id, fn, what)
+        else:
+            fn()
+
+    # ---- the writer ----------------------------------------------------------------
+    def start_writer(self, **options) -> None:
+        """From now on epochs, trial ends and trial tags are queued on a background
+        writer (`orchestrator.tracking_writer`; options: its keyword arguments)."""
+        from orchestrator.tracking_writer import TrackingWriter
+
+        self.writer = TrackingWriter(self.client, **options)
+
+    def close_writer(self, timeout: float | None) -> bool:
+        """Write what is queued, waiting at most `timeout` seconds; later calls write
+        synchronously. False: the store did not take it all in time (the caller says so
+        and exits; what was not written is lost to this process)."""
+        writer, self.writer = self.writer, None
+        return writer is None or writer.close(timeout)
 
     # ---- the parent ----------------------------------------------------------------
     def end_study(self, status: str, tags: dict[str, str]) -> None:

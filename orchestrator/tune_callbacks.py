@@ -1,8 +1,9 @@
 """Driver-side Tune callbacks: every trial result goes to MLflow from here.
 
 Workers never talk to MLflow: they `tune.report` per epoch, and `MlflowTrialLogger`
-(running in the driver) turns each result into one `log_batch` request on the trial's
-child run. A trial restarted after its worker died, or continued after a killed driver,
+(running in the driver) hands each result to the tracker, which queues it for the trial's
+child run on the background writer (`orchestrator.tracking_writer`: Tune's loop does not
+wait on the store; a trial's end is written after all its epochs). A trial restarted after its worker died, or continued after a killed driver,
 resumes from its last checkpoint; results at or below the last logged epoch are dropped
 (and counted), so MLflow never holds an epoch twice.
 """
@@ -129,7 +130,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
-            self.tracker.client.set_tag(run_id, Tag.WORKER_FAILURES, str(trial.num_failures))
+            self.tracker.set_trial_tag(run_id, Tag.WORKER_FAILURES, str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -34,3 +34,15 @@ def test_eta_without_costs_counts_epochs():
     eta = _display(None).eta_seconds()
     assert eta == pytest.approx(180.0, rel=0.02)
     assert "ETA 3m0" in _display(None).line()
+
+
+def test_the_line_shows_the_writer_backlog_and_an_unanswering_server():
+    writer = SimpleNamespace(backlog=3, retrying=False)
+    display = _display(None)
+    display.writer = writer
+    assert "writer" not in display.line()            # a writer that keeps up: not news
+    writer.backlog = 250
+    assert display.line().endswith("| writer backlog 250")
+    writer.retrying = True
+    assert display.line().endswith(
+        "| tracking server not answering, retrying (writer backlog 250)")
