@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image  # installed with matplotlib (a dependency of it)
 
 from orchestrator.cli import main as resweep
 
@@ -97,7 +98,6 @@ def test_full_study_report(store, full_report):
 
 
 def test_figures_are_valid_images(full_report):
-    Image = pytest.importorskip("PIL.Image")
     code, _, _, tmp_path = full_report
     assert code == 0
     for name in ALL_FIGURES:

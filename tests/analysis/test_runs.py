@@ -100,7 +100,8 @@ def test_study_argument_is_a_file_or_a_name(tmp_path):
     study_file = tmp_path / "mine.yaml"
     study_file.write_text((
         "name: from-the-file\ndesign: grid\nspace: {depth: [20, 32]}\n"))
-    name, path = resolve_study("from-the-file")
-    assert (name, path) == ("from-the-file", None)
+    # A file gives the `name` inside it (not the file's stem) and the file itself.
+    assert resolve_study(str(study_file)) == ("from-the-file", study_file)
+    assert resolve_study("from-the-file") == ("from-the-file", None)
     with pytest.raises(ConfigError, match="no study file"):
         resolve_study(str(tmp_path / "missing.yaml"))
