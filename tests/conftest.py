@@ -12,7 +12,7 @@ scoped fixtures can use them too:
     free_port()                                   a TCP port nothing listens on
     wait_for(predicate, timeout, interval, what)  poll until truthy, else TimeoutError
     kill_group(process, sig, grace_s)             signal a start_new_session process group
-    ray_head(workdir, num_cpus=2)                 `with` a token-authenticated `ray start --head`
+    ray_head(workdir, num_cpus=2, env=None)       `with` a token-authenticated `ray start --head`
     mlflow_server(backend_uri, artifacts, logs)   `with` an `mlflow server` (its own group)
     per_epoch_keys                                the metrics a trial logs every epoch
     fixed_calibration                             a calibration cache with a known rate
@@ -134,8 +134,10 @@ class RayHead:
     sessions' too); users stop theirs with `ray stop`.
     """
 
-    def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120):
+    def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120,
+                 worker_env: dict[str, str] | None = None):
         self.log_dir = Path(log_dir)
+        self.worker_env = dict(worker_env or {})  # the head's (so its workers') environment
         self.num_cpus = num_cpus
         self.start_timeout_s = start_timeout_s
         self.port = _free_port()
@@ -163,7 +165,8 @@ class RayHead:
                    "--dashboard-agent-listen-port", str(_free_port()),
                    "--disable-usage-stats"]
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, env=dict(os.environ, **self.env),
+            self.process = subprocess.Popen(command,
+                                            env=dict(os.environ, **self.env, **self.worker_env),
                                             stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
@@ -185,13 +188,15 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def _ray_head(log_dir: Path, num_cpus: int = 2) -> Iterator[RayHead]:
-    """A started head; one retry on fresh ports (a port taken between our probe and
-    Ray's bind, by another process on this shared machine, fails the start)."""
+def _ray_head(log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None
+              ) -> Iterator[RayHead]:
+    """A started head (`env`: extra variables for it and the workers it starts); one retry
+    on fresh ports (a port taken between our probe and Ray's bind, by another process on
+    this shared machine, fails the start)."""
     try:
-        head = RayHead(log_dir, num_cpus).start()
+        head = RayHead(log_dir, num_cpus, worker_env=env).start()
     except StackError:
-        head = RayHead(log_dir, num_cpus).start()
+        head = RayHead(log_dir, num_cpus, worker_env=env).start()
     try:
         yield head
     finally:
@@ -200,7 +205,8 @@ def _ray_head(log_dir: Path, num_cpus: int = 2) -> Iterator[RayHead]:
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """`with ray_head(log_dir, num_cpus=2) as head:` head.address, head.env (for drivers)."""
+    """`with ray_head(log_dir, num_cpus=2, env=None) as head:` head.address, head.env (for
+    drivers)."""
     return _ray_head
 
 

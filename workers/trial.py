@@ -66,6 +66,12 @@ from workers.results import (DIVERGED, ELAPSED_S, EPOCH, FINISHED, GRADIENT_NORM
 Report = Callable[[dict, "str | None"], None]
 
 PROBE_IMAGES = 256
+
+# Test-only, for fault tests that kill a process at a known epoch (tests/orchestrator/
+# test_run_cluster.py): "N[@TRIAL_NAME]:SENTINEL" makes every trial (or the one named)
+# wait after reporting epoch N until the file SENTINEL exists, touching SENTINEL.paused
+# while it waits. Unset (always, outside tests): one environment lookup per trial.
+PAUSE_ENV = "RESWEEP_TEST_PAUSE_AFTER_EPOCH"
 DIVERGENCE_CHECK_EVERY = 50   # steps between host reads of the running loss
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1            # of the checkpoint file
@@ -122,6 +128,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 class CheckpointWarning(RuntimeWarning):
     """A checkpoint was found but not used; the trial restarts from scratch."""
+
+
+def _pause_after_epoch(trial_name: str) -> tuple[int, Path] | None:
+    """(N, SENTINEL) of $RESWEEP_TEST_PAUSE_AFTER_EPOCH when it applies to this trial."""
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return None
+    head, _, sentinel = value.partition(":")
+    epoch, _, only = head.partition("@")
+    if not epoch.isdigit() or int(epoch) < 1 or not sentinel:
+        raise ConfigError(f"${PAUSE_ENV} (test-only): expected N[@TRIAL_NAME]:SENTINEL "
+                          f"with N >= 1, got {value!r}")
+    return None if only and only != trial_name else (int(epoch), Path(sentinel))
+
+
+def _wait_for_file(sentinel: Path) -> None:
+    if not sentinel.exists():
+        Path(f"{sentinel}.paused").touch()
+        while not sentinel.exists():
+            time.sleep(0.1)
 
 
 def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
@@ -184,6 +210,7 @@ class _Trial:
         self.report = report or (lambda metrics, checkpoint_path: None)
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_path = checkpoint_file(checkpoint_dir) if checkpoint_dir else None
+        self.pause = _pause_after_epoch(config.name)  # None but in fault tests
         if self.train.threads is not None:
             torch.set_num_threads(self.train.threads)
         self.device = pick_device(self.train.device)
@@ -318,6 +345,8 @@ class _Trial:
             if not finite or p.epoch == self.total_epochs:
                 break
             self.report(metrics, checkpoint)
+            if self.pause is not None and p.epoch == self.pause[0]:
+                _wait_for_file(self.pause[1])
         else:  # resumed from the last epoch's checkpoint: nothing left to train
             checkpoint = str(self.checkpoint_path) if self.checkpoint_path else None
         return self._finish(status, error, checkpoint)

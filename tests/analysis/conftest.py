@@ -1,18 +1,20 @@
-"""Fixtures of the analysis tests: small but real MLflow stores written the way `resweep run`
-writes them (the MLflow conventions of the team contract).
+"""Fixtures of the analysis tests: MLflow stores written by the real tracking code.
 
-Experiment = study name (tag mlflow.experimentKind); one parent run per `resweep run`
-(tags resweep.kind=study, resweep.study, resweep.study_hash, resweep.git_commit,
-resweep.version; artifact study.yaml); one nested child run per trial (tag
-mlflow.parentRunId, run name = trial name, tags resweep.kind=trial, resweep.trial_id,
-resweep.name, resweep.seed, resweep.status; params = flattened TrialConfig with dotted keys;
-per-epoch metrics with step = epoch via log_batch; final params/macs; artifacts probes.json
-and trial.json). The numbers are made up with a known answer.
+Every store is written through `orchestrator.tracking.StudyTracker` (start_study,
+start_trial, log_epoch, end_trial, end_study), the calls `resweep run`'s driver makes, so
+the layout the analysis reads is the one the writer makes, not a copy of it. Only the
+trials are made up (errors with a known answer, fake probes); they reach MLflow as a
+worker's results would: one log_epoch per epoch (the last with the final `params` and
+`macs`), then end_trial with the status, probes and the callback's tags. One fixture-only
+step: each parent run is renamed to the `<study>-<YYYYmmdd-HHMMSS>` of a fixed clock
+(`run_started`), so tests can name parents and two runs made in one second differ.
 
-Session fixtures hand out the pieces (module-scoped stores use them):
+One store serves the whole session (`analysis_store`: every study below, written once in
+~10 s); a test that writes to a store (a report logged to MLflow) takes `copy_store` of it.
 
-    uri = new_store(root)                                  an empty, migrated SQLite store
-    record_study(uri, root, study, trials, run_started=..., parent_status=...) -> parent id
+    analysis_store                     AnalysisStore(uri, root, parents={study: [ids]})
+    copy_store(store, root) -> uri     a private copy (database and artifacts)
+    record_study(uri, study, trials, run_started=..., parent_status=...) -> parent run id
     degradation_trials(seeds=3, depths=(8, 14, 20), ...)    trials with a known answer
     fake_trial(depth, residual, seed, train_error, test_error, ...)   one FakeTrial
     trial_config(study, fake) -> the TrialConfig `resweep run` would log for it
@@ -23,19 +25,23 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 
-from analysis.store import MLFLOW_STATUS
+from analysis.store import Tag, trials_tag
 from models.config import ModelConfig
-from orchestrator.tracking import trial_params
+from orchestrator.tracking import StudyTracker
 from workers.config import DataConfig, TrainConfig, TrialConfig
+from workers.results import DIVERGED, END_STATUSES, FAILED, FINISHED
+
+# The studies of the session store (tests/analysis/test_*.py name them).
+REPORT_FULL, REPORT_MINIMAL, REPORT_SEARCH = "report-full", "report-minimal", "report-search"
+RUNS_STUDY, UI_STUDY = "runs-test", "ui-test"
 
 
 @dataclass
@@ -86,55 +92,42 @@ def _fake_probes(depth: int, residual: bool, seed: int) -> dict:
     return {"layer_responses": layers, "gradient_norms": grads}
 
 
-def _record_study(tracking_uri: str, root: Path, study: str, trials: list[FakeTrial],
-                    run_started: str = "20261126-120000", parent_status: str = "FINISHED") -> str:
-    """Write one `resweep run` of `study` with `trials` into the store; returns the parent
-    run id. Calling it again adds another parent run (a rerun) to the same experiment."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        eid = client.create_experiment(
-            study, artifact_location=(root / "artifacts" / study).as_uri(),
-            tags={"mlflow.experimentKind": "custom_model_development"})
-    else:
-        eid = experiment.experiment_id
-    parent = client.create_run(eid, run_name=f"{study}-{run_started}", tags={
-        "resweep.kind": "study", "resweep.study": study, "resweep.study_hash": "0" * 12,
-        "resweep.git_commit": "deadbeef", "resweep.version": "0.1.0",
-        "resweep.status": "running"})
-    pid = parent.info.run_id
-    client.log_text(pid, f"name: {study}\ndesign: grid\nspace:\n  residual: [false, true]\n",
-                    "study.yaml")
+def _record_study(tracking_uri: str, study: str, trials: list[FakeTrial],
+                  run_started: str = "20261126-120000", parent_status: str = FINISHED) -> str:
+    """One `resweep run` of `study` with `trials`, written through StudyTracker; returns the
+    parent run id. Calling it again is a rerun: a new parent unless the previous one was
+    left unfinished, trials already done are skipped by the caller (as `resweep run` does)."""
+    tracker = StudyTracker.open(tracking_uri, study)
+    text = f"name: {study}\ndesign: grid\nspace:\n  residual: [false, true]\n"
+    tracker.start_study(study, study_hash="0" * 12, study_text=text, version="0.1.0")
+    counts = dict.fromkeys(END_STATUSES, 0)
     for fake in trials:
-        _write_trial(client, eid, pid, study, fake, root)
+        _write_trial(tracker, study, fake)
+        counts[fake.status] = counts.get(fake.status, 0) + 1
         time.sleep(0.002)  # distinct start times, as real trials have
-    client.set_tag(pid, "resweep.status", "finished" if parent_status == "FINISHED" else "failed")
-    client.set_terminated(pid, parent_status)
-    return pid
+    tracker.end_study(parent_status, {trials_tag(s): str(counts[s]) for s in END_STATUSES})
+    for name in ("flush", "close"):  # a tracker with a background writer: drain it
+        getattr(tracker, name, lambda: None)()
+    tracker.client.update_run(tracker.parent_run_id, name=f"{study}-{run_started}")
+    return tracker.parent_run_id
 
 
-def _write_trial(client: MlflowClient, eid: str, pid: str, study: str, fake: FakeTrial,
-                 root: Path) -> None:
+def _write_trial(tracker: StudyTracker, study: str, fake: FakeTrial) -> None:
+    """What the driver's Tune callback does for one trial (orchestrator.tune_callbacks)."""
     config = _trial_config(study, fake)
-    run = client.create_run(eid, run_name=config.name, tags={
-        "mlflow.parentRunId": pid, "resweep.kind": "trial", "resweep.trial_id": config.trial_id,
-        "resweep.name": config.name, "resweep.seed": str(fake.seed), "resweep.study": study,
-        "resweep.status": "running"})
-    rid = run.info.run_id
-    params = trial_params(config)  # exactly the params `resweep run` logs
-    now = int(time.time() * 1000)
-    # The driver sends one log_batch per epoch; one request for all of them reads back the
-    # same (same keys, steps and values) and keeps the fixture fast.
-    metrics = [Metric(k, v, now + epoch, epoch) for epoch in range(1, fake.epochs + 1)
-               for k, v in _epoch_metrics(fake, epoch).items()]
-    metrics += [Metric("params", 1000.0 * fake.depth, now, fake.epochs),
-                Metric("macs", 1e5 * fake.depth, now, fake.epochs)]
-    client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
-    client.log_dict(rid, config.to_dict(), "trial.json")
-    if fake.probes and fake.status == "finished":
-        client.log_dict(rid, _fake_probes(fake.depth, fake.residual, fake.seed), "probes.json")
-    client.set_tag(rid, "resweep.status", fake.status)
-    client.set_terminated(rid, MLFLOW_STATUS[fake.status])
+    run_id, _ = tracker.start_trial(config)
+    for epoch in range(1, fake.epochs + 1):
+        metrics = _epoch_metrics(fake, epoch)
+        if epoch == fake.epochs:  # the last report carries the model's size
+            metrics.update(params=1000.0 * fake.depth, macs=1e5 * fake.depth)
+        tracker.log_epoch(run_id, metrics, epoch, {Tag.LAST_EPOCH: str(epoch)})
+    tags = {Tag.WORKER_FAILURES: "0", Tag.DUPLICATE_RESULTS: "0"}
+    if fake.status == DIVERGED:
+        tags[Tag.DIVERGED_EPOCH] = str(fake.epochs)
+    probes = (_fake_probes(fake.depth, fake.residual, fake.seed)
+              if fake.probes and fake.status == FINISHED else None)
+    error = "RuntimeError: made up for the test" if fake.status == FAILED else None
+    tracker.end_trial(run_id, fake.status, probes=probes, tags=tags, error=error)
 
 
 def _epoch_metrics(fake: FakeTrial, epoch: int) -> dict[str, float]:
@@ -174,28 +167,84 @@ def _degradation_trials(seeds: int = 3, noise: float = 0.004, shortcuts: tuple =
     return trials
 
 
+@dataclass
+class AnalysisStore:
+    """A store of the session: its tracking URI, folder, and each study's parent run ids
+    (oldest first)."""
+
+    uri: str
+    root: Path
+    parents: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _session_studies(uri: str) -> dict[str, list[str]]:
+    """Every study the analysis tests read (see each test module for what it checks)."""
+    parents: dict[str, list[str]] = {}
+
+    def record(study, trials, **kwargs):
+        parents.setdefault(study, []).append(_record_study(uri, study, trials, **kwargs))
+
+    # test_report: plain + residual A/B/C at depths 8/20, 2 seeds, probes, one diverged
+    # plain-26; plain + residual A at 8/20, one seed, no probes, test error at the end only;
+    # a search-like study, every trial its own configuration (lr varies), some stopped.
+    full = _degradation_trials(seeds=2, shortcuts=("A", "B", "C"), depths=(8, 20))
+    full.append(FakeTrial(26, False, 0, 0.9, 0.9, status="diverged"))
+    record(REPORT_FULL, full)
+    record(REPORT_MINIMAL, _degradation_trials(seeds=1, depths=(8, 20), probes=False,
+                                               test_every=4))
+    record(REPORT_SEARCH, [
+        FakeTrial(depth, residual, 0, 0.1 + lr, 0.13 + lr, shortcut=shortcut, lr=lr,
+                  probes=False, status="stopped" if lr > 0.2 else "finished")
+        for depth, residual, shortcut, lr in [(8, True, "A", 0.05), (20, True, "B", 0.12),
+                                              (8, False, "A", 0.25), (20, False, "A", 0.08),
+                                              (14, True, "C", 0.3)]])
+    # test_runs: two `resweep run`s; the first leaves plain-14 seed 0 failed and resnet-14
+    # seed 1 interrupted, the second reruns exactly those two, which finish.
+    first = _degradation_trials(seeds=2, depths=(8, 14))
+    first[2].status = "failed"           # plain-14 seed 0
+    first[7].status = "interrupted"      # resnet-14 seed 1
+    record(RUNS_STUDY, first, run_started="20261126-100000", parent_status=FAILED)
+    record(RUNS_STUDY, [FakeTrial(14, False, 0, 0.101, 0.131),
+                        FakeTrial(14, True, 1, 0.091, 0.121)], run_started="20261126-110000")
+    # test_ui: plain + residual at depths 8/14, one seed.
+    record(UI_STUDY, _degradation_trials(seeds=1, depths=(8, 14), probes=False))
+    return parents
+
+
 @pytest.fixture(scope="session")
-def new_store(tmp_path_factory):
-    """new_store(root) -> the tracking URI of a fresh, empty SQLite store in `root`.
+def analysis_store(tmp_path_factory) -> AnalysisStore:
+    """The session's store with every study of `_session_studies`. Read only: a test that
+    writes (e.g. a report logged to MLflow) works on `copy_store(analysis_store, ...)`."""
+    root = tmp_path_factory.mktemp("analysis-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return AnalysisStore(uri, root, _session_studies(uri))
 
-    MLflow migrates a new database in ~3-7 s on 2 busy cores; the migrated empty database is
-    made once per test session and copied (a copy is a valid, current store)."""
-    template: list[Path] = []
 
-    def new(root: Path) -> str:
-        if not template:
-            db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-            MlflowClient(f"sqlite:///{db}").search_experiments()
-            template.append(db)
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copy(template[0], root / "mlflow.db")
-        return f"sqlite:///{root / 'mlflow.db'}"
-    return new
+def _copy_store(store: AnalysisStore, root: Path) -> str:
+    """A copy of the store's database and artifacts in `root` (which must not exist); the
+    artifact locations recorded in the database are moved to the copy's.
+
+    The copy has the store's run ids, and MLflow caches each run's artifact location by
+    run id for the whole process: write to the copy's artifacts from another process
+    (`resweep` as a subprocess) and read them from disk, or they land in the original's."""
+    shutil.copytree(store.root, root)
+    old, new = store.root.resolve().as_uri(), root.resolve().as_uri()
+    with sqlite3.connect(root / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = "
+                   "replace(artifact_location, ?, ?)", (old, new))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def copy_store():
+    """copy_store(store, root) -> the tracking URI of a private copy of `store` in `root`."""
+    return _copy_store
 
 
 @pytest.fixture(scope="session")
 def record_study():
-    """record_study(uri, root, study, trials, run_started=..., parent_status=...): one
+    """record_study(uri, study, trials, run_started=..., parent_status=...): one
     `resweep run` of `study` in the store; returns the parent run id (again: a rerun)."""
     return _record_study
 

@@ -1,4 +1,5 @@
-"""Reading a study back from a real MLflow SQLite store written per the team contract."""
+"""Reading a study back from a real MLflow SQLite store written by the tracking code
+(tests/analysis/conftest.py)."""
 
 import pytest
 
@@ -9,19 +10,11 @@ STUDY = "runs-test"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, new_store, record_study, degradation_trials, fake_trial):
-    """Two `resweep run`s: the first leaves plain-14 seed 0 failed and resnet-14 seed 1
-    interrupted; the second reruns exactly those two, which finish."""
-    root = tmp_path_factory.mktemp("store")
-    uri = new_store(root)
-    first = degradation_trials(seeds=2, depths=(8, 14))
-    first[2].status = "failed"           # plain-14 seed 0
-    first[7].status = "interrupted"      # resnet-14 seed 1
-    record_study(uri, root, STUDY, first, run_started="20261126-100000",
-                 parent_status="FAILED")
-    rerun = [fake_trial(14, False, 0, 0.101, 0.131), fake_trial(14, True, 1, 0.091, 0.121)]
-    second = record_study(uri, root, STUDY, rerun, run_started="20261126-110000")
-    return uri, root, second
+def store(analysis_store):
+    """The session store's RUNS_STUDY: two `resweep run`s; the first leaves plain-14 seed 0
+    failed and resnet-14 seed 1 interrupted; the second reruns exactly those two."""
+    first, second = analysis_store.parents[STUDY]
+    return analysis_store.uri, first, second
 
 
 def test_one_row_per_trial_with_parsed_params_and_final_metrics(store, trial_config,
@@ -53,9 +46,9 @@ def test_reruns_are_deduplicated_and_the_latest_parent_is_used(store):
 
 
 def test_an_earlier_parent_can_be_chosen(store):
-    uri, _, second = store
+    uri, first_id, second = store
     first = load_study_runs(STUDY, uri, parent=f"{STUDY}-20261126-100000")
-    assert first.parent_run_id != second and len(first.trials) == 8
+    assert first.parent_run_id == first_id != second and len(first.trials) == 8
     with pytest.raises(ConfigError, match=f"--parent: got 'nope'.*{STUDY}-20261126-110000"):
         load_study_runs(STUDY, uri, parent="nope")
 
@@ -100,7 +93,8 @@ def test_study_argument_is_a_file_or_a_name(tmp_path):
     study_file = tmp_path / "mine.yaml"
     study_file.write_text((
         "name: from-the-file\ndesign: grid\nspace: {depth: [20, 32]}\n"))
-    name, path = resolve_study("from-the-file")
-    assert (name, path) == ("from-the-file", None)
+    # A file gives the `name` inside it (not the file's stem) and the file itself.
+    assert resolve_study(str(study_file)) == ("from-the-file", study_file)
+    assert resolve_study("from-the-file") == ("from-the-file", None)
     with pytest.raises(ConfigError, match="no study file"):
         resolve_study(str(tmp_path / "missing.yaml"))

@@ -30,11 +30,9 @@ def test_runs_view_and_run_addresses():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, new_store, record_study, degradation_trials):
-    root = tmp_path_factory.mktemp("ui-store")
-    uri = new_store(root)
-    record_study(uri, root, STUDY, degradation_trials(seeds=1, depths=(8, 14), probes=False))
-    return uri
+def store(analysis_store):
+    """The session store (its STUDY: plain + residual at depths 8/14, one seed)."""
+    return analysis_store.uri
 
 
 def test_port_in_use_and_unknown_study_exit_2(store, capsys):

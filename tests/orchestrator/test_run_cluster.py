@@ -1,6 +1,7 @@
 """`resweep run --address` against a real `ray start --head` cluster (token auth) on
 127.0.0.1, with the driver as a separate process: normal completion, and a driver killed
-with SIGKILL mid-study whose rerun finishes the study with no duplicate runs.
+with SIGKILL mid-study (at a known epoch: workers.trial's test-only pause) whose rerun
+finishes the study with no duplicate runs.
 
 One cluster for the module; each test's driver is a `resweep` subprocess.
 """
@@ -9,15 +10,31 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
+from workers.trial import PAUSE_ENV
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+# The driver-kill test's trials; the plain one pauses after this epoch (of 4).
+VICTIM, OTHER, PAUSE_EPOCH = "plain-8-A-w0.5-s0", "resnet-8-A-w0.5-s0", 2
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_head, tmp_path_factory):
-    with ray_head(tmp_path_factory.mktemp("ray-head")) as head:
+def pause_sentinel(tmp_path_factory) -> Path:
+    """The file VICTIM waits for after PAUSE_EPOCH (workers.trial.PAUSE_ENV); it exists, so
+    nothing waits, unless a test removes it."""
+    sentinel = tmp_path_factory.mktemp("pause") / "release"
+    sentinel.touch()
+    return sentinel
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_head, tmp_path_factory, pause_sentinel):
+    env = {PAUSE_ENV: f"{PAUSE_EPOCH}@{VICTIM}:{pause_sentinel}"}  # reaches the workers
+    with ray_head(tmp_path_factory.mktemp("ray-head"), env=env) as head:
         yield head
 
 
@@ -51,26 +68,39 @@ def test_run_on_a_ray_cluster_with_address(cluster, tmp_path, resweep_on, write_
 
 
 def test_driver_killed_mid_study_rerun_completes_without_duplicates(
-        cluster, tmp_path, resweep_on, write_study, small_cnn, study_runs, steps, wait_for):
+        cluster, pause_sentinel, tmp_path, resweep_on, write_study, small_cnn, study_runs,
+        steps, wait_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 4
     study = write_study("driver-kill", space={"residual": [False, True]},
                         epochs=epochs, model=small_cnn, lr=0.05)
-    driver = resweep_on(study, uri, "--max-concurrent", "1")
+    # The kill lands on cue: VICTIM waits after epoch PAUSE_EPOCH (its checkpoint written,
+    # its result sent) while OTHER finishes; no polling window to hit.
+    paused = Path(f"{pause_sentinel}.paused")
+    pause_sentinel.unlink()
+    driver = resweep_on(study, uri, "--max-concurrent", "2")
 
-    def one_done_one_midway():
+    def one_done_one_paused():
+        if not paused.exists():
+            return None
         _, children = study_runs(uri, "driver-kill")
-        done = [c for c in children if c.data.tags.get("resweep.status") == "finished"]
-        midway = [c for c in children if c.data.tags.get("resweep.status") == "running"
-                  and int(c.data.tags.get("resweep.last_epoch", "0")) >= 1]
-        return (done, midway) if done and midway else None
+        by_name = {c.data.tags.get("resweep.name"): c for c in children}
+        done, midway = by_name.get(OTHER), by_name.get(VICTIM)
+        if (done is not None and done.data.tags.get("resweep.status") == "finished"
+                and midway is not None
+                and midway.data.tags.get("resweep.last_epoch") == str(PAUSE_EPOCH)):
+            return [done], [midway]
+        return None
 
     try:
-        done, midway = wait_for(one_done_one_midway, timeout=240, interval=0.2,
-                                what="one finished trial and one in progress")
+        done, midway = wait_for(one_done_one_paused, timeout=240, interval=0.2,
+                                what=f"{OTHER} finished and {VICTIM} paused at epoch 2")
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver only; the cluster lives on
         driver.communicate(timeout=30)
+        pause_sentinel.touch()  # release (the killed job's worker, and every later trial)
+        paused.unlink(missing_ok=True)
+    assert midway[0].data.tags["resweep.status"] == "running"  # killed at epoch 2 of 4
     finished_before = {c.info.run_id: c.info.end_time for c in done}
 
     rerun = resweep_on(study, uri)

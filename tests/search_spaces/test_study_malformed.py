@@ -191,8 +191,20 @@ def test_malformed_study_exits_2_with_key_path(case_id, text, overrides, expecte
         assert fragment.replace("study.yaml", str(path)) in err, (fragment, err)
 
 
-def test_there_are_at_least_25_malformed_cases():
-    assert len(CASES) >= 25
+def test_every_top_level_key_of_a_study_has_a_malformed_case():
+    """The rows cover the schema: each StudySpec field is the key path of some row's
+    message (a key added to the schema needs a row), and no row repeats another's input."""
+    from search_spaces.schema import StudySpec
+
+    def names(fragment: str, key: str) -> bool:
+        return fragment == key or fragment.startswith((f"{key}.", f"{key}[", f"{key}="))
+
+    uncovered = [key for key in StudySpec.model_fields
+                 if not any(names(f, key) for *_, expected in CASES for f in expected)]
+    assert not uncovered, f"no malformed case names {uncovered}"
+    assert len({case_id for case_id, *_ in CASES}) == len(CASES)
+    inputs = [(text, tuple(overrides)) for _, text, overrides, _ in CASES]
+    assert len(set(inputs)) == len(inputs), "two rows test the same input"
 
 
 def test_all_problems_of_a_file_reported_at_once(tmp_path, capsys, fixed_calibration, run_cli,

@@ -19,7 +19,11 @@ def test_plan_degradation_prints_nine_trials_and_totals(capsys, fixed_calibratio
     assert code == 0, err
     rows = [line for line in out.splitlines() if line.startswith(("plain-", "resnet-"))]
     assert len(rows) == 9
-    assert rows[0].split()[:4] == ["plain-20-A-w1-s0", rows[0].split()[1], "false", "20"]
+    # name, trial_id, residual, depth: each row is its trial of the expansion, in order.
+    trials = expand_study(load_study("search_spaces/degradation.yaml"))
+    assert [row.split()[:4] for row in rows] == [
+        [t.name, t.trial_id, str(t.model.residual).lower(), str(t.model.depth)] for t in trials]
+    assert rows[0].split()[:4] == ["plain-20-A-w1-s0", "c79ed4e3307f", "false", "20"]
     assert all(row.endswith("1/4 GPU") for row in rows)
     assert any(row.startswith("resnet-110-A-w1-s0") and "1.73M" in row and "64,000" in row
                for row in rows)

@@ -124,7 +124,20 @@ def check_study(snap: dict, study: str, study_file: Path, per_epoch_keys) -> Non
         assert trial["model"]["residual"] == (child["params"]["model.residual"] == "True")
         assert child["tags"]["resweep.name"] == child["name"] == trial["name"]
         probes = json.loads(child["artifacts"]["probes.json"])
-        assert probes["gradient_norms"] and probes["layer_responses"] is not None
+        check_probes(probes, depth=int(child["params"]["model.depth"]))
+
+
+def check_probes(probes: dict, depth: int) -> None:
+    """probes.json of a depth-`depth` MLP: the std of every Linear's response (input_proj,
+    fc1 and fc2 of each block, output_proj) and a gradient norm per unit (input_proj, each
+    block, output_proj), each a positive finite number."""
+    responses, norms = probes["layer_responses"], probes["gradient_norms"]
+    assert list(responses) == ["input_proj"] + [f"blocks.{b}.fc{i}" for b in range(depth)
+                                                for i in (1, 2)] + ["output_proj"], responses
+    assert list(norms) == ["input_proj"] + [f"blocks.{b}" for b in range(depth)] \
+        + ["output_proj"], norms
+    for value in [*responses.values(), *norms.values()]:
+        assert 0 < value < float("inf"), probes
 
 
 def test_studies_survive_tracking_server_crashes(stack, ray_head, per_epoch_keys, tmp_path,

@@ -4,12 +4,13 @@ bit-exact resume, divergence, and corrupt checkpoints."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 
 from models import build_model, count_params
-from models.config import ModelConfig
+from models.config import ConfigError, ModelConfig
 from workers.config import DataConfig, TrainConfig, TrialConfig
 from workers.trial import CheckpointWarning, train_trial
 
@@ -177,3 +178,42 @@ def test_an_image_folder_trial_trains_through_the_dataloader_path(tmp_path, imag
     assert [h["iteration"] for h in result.history] == [3, 6]      # 9 images, ragged batch kept
     assert result.history[-1]["test_error"] in (0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1)
     assert len(result.probes["layer_responses"]) >= 7
+
+
+def test_the_test_only_pause_holds_a_trial_after_epoch_n_until_the_sentinel(tmp_path,
+                                                                              monkeypatch):
+    """$RESWEEP_TEST_PAUSE_AFTER_EPOCH (fault tests): the named trial reports epoch 1, then
+    waits (SENTINEL.paused says so) until SENTINEL exists; other trials do not wait."""
+    import threading
+
+    from workers.trial import PAUSE_ENV
+
+    config = _resume_config()
+    sentinel = tmp_path / "release"
+    monkeypatch.setenv(PAUSE_ENV, f"1@other-trial:{sentinel}")
+    assert [m["epoch"] for m, _ in _record(train_trial, config)] == [1, 2, 3]
+    assert not (tmp_path / "release.paused").exists()
+
+    monkeypatch.setenv(PAUSE_ENV, f"1@{config.name}:{sentinel}")
+    report = Recorder()
+    worker = threading.Thread(target=train_trial, args=(config, report), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "release.paused").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "release.paused").exists(), "the trial never paused"
+    time.sleep(1.0)  # paused: epoch 2 (a fraction of a second) does not come
+    assert worker.is_alive() and [m["epoch"] for m, _ in report.calls] == [1]
+    sentinel.touch()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and [m["epoch"] for m, _ in report.calls] == [1, 2, 3]
+
+    monkeypatch.setenv(PAUSE_ENV, "after-one")
+    with pytest.raises(ConfigError, match="N\\[@TRIAL_NAME\\]:SENTINEL"):
+        train_trial(config, Recorder())
+
+
+def _record(train, config) -> list[tuple[dict, str | None]]:
+    report = Recorder()
+    train(config, report)
+    return report.calls
