@@ -106,8 +106,7 @@ def _record_study(tracking_uri: str, study: str, trials: list[FakeTrial],
         counts[fake.status] = counts.get(fake.status, 0) + 1
         time.sleep(0.002)  # distinct start times, as real trials have
     tracker.end_study(parent_status, {trials_tag(s): str(counts[s]) for s in END_STATUSES})
-    for name in ("flush", "close"):  # a tracker with a background writer: drain it
-        getattr(tracker, name, lambda: None)()
+    assert tracker.close_writer(timeout=60)  # no writer was started: written already
     tracker.client.update_run(tracker.parent_run_id, name=f"{study}-{run_started}")
     return tracker.parent_run_id
 
