@@ -27,6 +27,7 @@ DATA = {"dataset": "fashion-mnist", "train_size": 1024, "val_size": 256, "test_s
 MLP = {"family": "mlp", "hidden": 32}  # depth: given by the space, else 20 blocks
 SMALL_CNN = {"family": "cifar", "depth": 8, "width": 0.5}
 RESWEEP = str(Path(sys.executable).with_name("resweep"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +120,24 @@ def study_runs():
 def steps():
     """steps(uri, run_id, key) -> the steps (epochs) at which `key` was logged, in order."""
     return _steps
+
+
+@pytest.fixture(scope="session")
+def resweep_timed():
+    """resweep_timed(cwd, *args, env=None) -> (CompletedProcess, seconds): the CLI of this
+    checkout in a subprocess, with no tracking URI, Ray address or connect time-out
+    inherited (the unreachable-service tests set them themselves)."""
+    def run(cwd: Path, *args: str, env: dict | None = None):
+        import time
+
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RESWEEP_CONNECT_TIMEOUT")}
+        environ.update(PYTHONPATH=str(REPO), **(env or {}))
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
+                              env=environ, capture_output=True, text=True, timeout=60)
+        return done, time.monotonic() - start
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,38 +1,15 @@
 """`resweep report` and `resweep ui` against a tracking server that is not there: exit
 status 2 within seconds (not after MLflow's ~4 minutes of retries), one line naming the
 option, the address and what to check, and nothing written. Real closed ports, as in
-tests/test_unreachable_services.py for `resweep run`."""
+tests/orchestrator/test_unreachable_services.py for `resweep run`."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 LIMIT_S = 30  # issue 14: exit 2 within 30 s
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound, then closed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resweep(tmp_path, *args, env=None) -> tuple[subprocess.CompletedProcess, float]:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "RESWEEP_CONNECT_TIMEOUT")}
-    environ.update(PYTHONPATH=str(REPO), **(env or {}))
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path,
-                          env=environ, capture_output=True, text=True, timeout=LIMIT_S + 30)
-    return done, time.monotonic() - start
 
 
 def assert_refused(done, seconds, tmp_path, command, *expected):
@@ -48,27 +25,27 @@ def assert_refused(done, seconds, tmp_path, command, *expected):
 
 
 @pytest.mark.parametrize("command", ["report", "ui"])
-def test_tracking_server_not_listening(tmp_path, command):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, command, "degradation-quick", "--tracking-uri", uri)
+def test_tracking_server_not_listening(tmp_path, command, free_port, resweep_timed):
+    uri = f"http://127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, command, "degradation-quick", "--tracking-uri", uri)
     assert_refused(done, seconds, tmp_path, command, "--tracking-uri", uri,
                    "connection refused", "mlflow server", "RESWEEP_CONNECT_TIMEOUT")
 
 
-def test_report_with_the_server_from_the_environment_not_listening(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, "report", "degradation-quick",
+def test_report_with_the_server_from_the_environment_not_listening(tmp_path, free_port, resweep_timed):
+    uri = f"http://127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, "report", "degradation-quick",
                             env={"MLFLOW_TRACKING_URI": uri})
     assert_refused(done, seconds, tmp_path, "report", "$MLFLOW_TRACKING_URI", uri)
 
 
-def test_ui_with_a_server_that_never_answers_times_out(tmp_path):
+def test_ui_with_a_server_that_never_answers_times_out(tmp_path, resweep_timed):
     """A port that accepts connections but never answers: the configurable time-out."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)  # never accepted: the GET waits for an answer
         uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        done, seconds = resweep(tmp_path, "ui", "--tracking-uri", uri,
+        done, seconds = resweep_timed(tmp_path, "ui", "--tracking-uri", uri,
                                 env={"RESWEEP_CONNECT_TIMEOUT": "1"})
     assert_refused(done, seconds, tmp_path, "ui", "--tracking-uri", "no answer within 1 s",
                    "(now 1 s)")

@@ -7,11 +7,7 @@ tracking server that goes away mid-study is still waited for
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,24 +15,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "search_spaces" / "degradation-quick.yaml"
 LIMIT_S = 30  # issue 14: exit 2 within 30 s
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound, then closed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resweep(tmp_path, *args, env=None) -> tuple[subprocess.CompletedProcess, float]:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RESWEEP_CONNECT_TIMEOUT")}
-    environ.update(PYTHONPATH=str(REPO), RESWEEP_CACHE_DIR=str(tmp_path / "cache"),
-                   **(env or {}))
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path,
-                          env=environ, capture_output=True, text=True, timeout=LIMIT_S + 30)
-    return done, time.monotonic() - start
 
 
 def assert_refused(done, seconds, tmp_path, *expected):
@@ -50,42 +28,42 @@ def assert_refused(done, seconds, tmp_path, *expected):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
-def test_tracking_server_not_listening(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, "run", str(STUDY), "--tracking-uri", uri)
+def test_tracking_server_not_listening(tmp_path, free_port, resweep_timed):
+    uri = f"http://127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--tracking-uri", uri)
     assert_refused(done, seconds, tmp_path, "--tracking-uri", uri, "connection refused",
                    "mlflow server", "RESWEEP_CONNECT_TIMEOUT")
 
 
-def test_tracking_server_from_the_environment_not_listening(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, "run", str(STUDY), "--dry-run",
+def test_tracking_server_from_the_environment_not_listening(tmp_path, free_port, resweep_timed):
+    uri = f"http://127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--dry-run",
                             env={"MLFLOW_TRACKING_URI": uri})
     assert_refused(done, seconds, tmp_path, "$MLFLOW_TRACKING_URI", uri)
 
 
-def test_tracking_server_that_never_answers_times_out(tmp_path):
+def test_tracking_server_that_never_answers_times_out(tmp_path, resweep_timed):
     """A port that accepts connections but never answers: the configurable time-out."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)  # never accepted: the GET waits for an answer
         uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        done, seconds = resweep(tmp_path, "run", str(STUDY), "--tracking-uri", uri,
+        done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--tracking-uri", uri,
                                 env={"RESWEEP_CONNECT_TIMEOUT": "1"})
     assert_refused(done, seconds, tmp_path, "--tracking-uri", "no answer within 1 s",
                    "(now 1 s)")
 
 
-def test_ray_address_not_listening(tmp_path):
-    address = f"127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, "run", str(STUDY), "--address", address)
+def test_ray_address_not_listening(tmp_path, free_port, resweep_timed):
+    address = f"127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--address", address)
     assert_refused(done, seconds, tmp_path, "--address", address, "connection refused",
                    "ray start --head", "RAY_AUTH_MODE=token", "RESWEEP_CONNECT_TIMEOUT")
 
 
-def test_ray_address_from_the_environment_not_listening(tmp_path):
-    address = f"127.0.0.1:{closed_port()}"
-    done, seconds = resweep(tmp_path, "run", str(STUDY), "--tracking-uri",
+def test_ray_address_from_the_environment_not_listening(tmp_path, free_port, resweep_timed):
+    address = f"127.0.0.1:{free_port()}"
+    done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--tracking-uri",
                             f"sqlite:///{tmp_path}/store/mlflow.db",
                             env={"RAY_ADDRESS": address})
     assert_refused(done, seconds, tmp_path, "$RAY_ADDRESS", address)
@@ -93,8 +71,8 @@ def test_ray_address_from_the_environment_not_listening(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "99999"])
-def test_connect_timeout_must_be_a_sensible_number(tmp_path, value):
-    done, seconds = resweep(tmp_path, "run", str(STUDY), "--address", "127.0.0.1:1",
+def test_connect_timeout_must_be_a_sensible_number(tmp_path, value, resweep_timed):
+    done, seconds = resweep_timed(tmp_path, "run", str(STUDY), "--address", "127.0.0.1:1",
                             env={"RESWEEP_CONNECT_TIMEOUT": value})
     assert_refused(done, seconds, tmp_path, "$RESWEEP_CONNECT_TIMEOUT", repr(value),
                    "> 0 and <= 3600")
