@@ -62,22 +62,31 @@ def port(text: str) -> int:
     return value
 
 
-def connect_timeout() -> float:
-    """Seconds to wait for a service to answer before a run starts: $RESWEEP_CONNECT_TIMEOUT
-    (a number > 0 and <= 3600), default 10. A bad value is a ConfigError (exit status 2)."""
+def seconds_from_env(name: str, default: float, *, high: float, zero_ok: bool,
+                     what: str) -> float:
+    """Seconds from the environment variable `name` (unset or empty: `default`), a number
+    > 0 (>= 0 with `zero_ok`) and <= `high`; anything else is a ConfigError (exit 2)
+    saying what the seconds are for (`what`)."""
     from models.config import ConfigError
 
-    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    text = os.environ.get(name, "").strip()
     if not text:
-        return DEFAULT_CONNECT_TIMEOUT_S
+        return default
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 3600:  # also refuses nan
-        raise ConfigError(f"${CONNECT_TIMEOUT_ENV}: got {text!r}; seconds to wait for a "
-                          "service, a number > 0 and <= 3600")
+    if not (0 <= value if zero_ok else 0 < value) or not value <= high:  # also refuses nan
+        raise ConfigError(f"${name}: got {text!r}; seconds to wait for {what}, a number "
+                          f"{'>=' if zero_ok else '>'} 0 and <= {high:g}")
     return value
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a service to answer before a run starts: $RESWEEP_CONNECT_TIMEOUT
+    (a number > 0 and <= 3600), default 10. A bad value is a ConfigError (exit status 2)."""
+    return seconds_from_env(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S, high=3600,
+                            zero_ok=False, what="a service")
 
 
 def split_key_value(text: str, option: str) -> tuple[list[str], object]:

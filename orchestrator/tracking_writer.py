@@ -27,15 +27,12 @@ for the progress line.
 
 from __future__ import annotations
 
-import math
-import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from models.config import ConfigError
 
 # MLflow's limits per log_batch request.
 MAX_METRICS_PER_BATCH = 1000
@@ -49,17 +46,10 @@ def flush_timeout() -> float:
     """Seconds a finished or interrupted `resweep run` waits for the tracking store to take
     what is still queued: $RESWEEP_TRACKING_FLUSH_TIMEOUT (a number >= 0 and <= 86400),
     default 300. A bad value is a ConfigError (exit status 2)."""
-    text = os.environ.get(FLUSH_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_FLUSH_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 86400:  # also refuses nan
-        raise ConfigError(f"${FLUSH_TIMEOUT_ENV}: got {text!r}; seconds to wait for the "
-                          "tracking store at the end of a run, a number >= 0 and <= 86400")
-    return value
+    from orchestrator.arg_types import seconds_from_env
+
+    return seconds_from_env(FLUSH_TIMEOUT_ENV, DEFAULT_FLUSH_TIMEOUT_S, high=86400,
+                            zero_ok=True, what="the tracking store at the end of a run")
 
 
 @dataclass
