@@ -21,14 +21,13 @@ import pandas as pd
 
 from analysis.stats import Comparison, compare_greater, difference_interval, summarize
 from analysis.store import Param
-from workers.results import ERROR_METRICS, FINISHED
+from workers.results import ERROR_METRICS, FINISHED  # table columns are these report keys
 
 # Errors are fractions; the margin is 1 percentage point. It is the paper's own scale of
 # "no real difference" (Table 3: options A/B/C within 0.84 pp top-1).
 MARGIN = 0.01
 ALPHA = 0.05
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable"
-# Column names of the tables below are the report keys of workers.results.
 
 
 def pp(fraction: float) -> str:

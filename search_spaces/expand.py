@@ -25,11 +25,12 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from models.complexity import ModelStats, model_stats
 from models.config import ConfigError, ModelConfig
 from search_spaces.loading import Problem, format_path
+from search_spaces.names import format_value, trial_name, unique_names
 from search_spaces.schema import StudySpec
 from search_spaces.validate import ParamKey, coerce_value, is_list_field, parse_key
 from workers.config import (DataConfig, Resources, TrainConfig, TrialConfig, data_config_problems,
@@ -217,62 +218,6 @@ def excluded_by(spec: StudySpec, value_of) -> int | None:
         if rule.require is not None and not matches(rule.require, value_of):
             return i
     return None
-
-
-# ---- names ----------------------------------------------------------------------------
-
-_MODEL_NAME_FIELDS = ("family", "depth", "block", "residual", "shortcut", "width", "stages")
-
-
-def model_name(m: ModelConfig) -> str:
-    """plain-56-A-w1, resnet-29-bottleneck-B-w0.5, resnet-imagenet-50-B-w1, plain-mlp-10."""
-    kind = "resnet" if m.residual else "plain"
-    if m.family == "mlp":
-        return f"{kind}-mlp-{m.depth}"
-    parts = [kind]
-    if m.family == "imagenet":
-        parts.append("imagenet")
-        parts.append("x".join(map(str, m.stages)) if m.stages else str(m.depth))
-        if m.stages and m.block == "bottleneck":
-            parts.append("bottleneck")
-    else:
-        parts.append(str(m.depth))
-        if m.block == "bottleneck":
-            parts.append("bottleneck")
-    parts += [m.shortcut, f"w{m.width:g}"]
-    return "-".join(parts)
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "x".join(format_value(v) for v in value)
-    return str(value)
-
-
-def trial_name(trial: TrialConfig, varied: Iterable[ParamKey], cell_values: dict,
-               seed: int | None = None) -> str:
-    """Readable, filesystem- and MLflow-safe: model name, varied extras, seed (`seed`,
-    else the trial's)."""
-    parts = [model_name(trial.model)]
-    for key in varied:
-        if key.section == "model" and key.field in _MODEL_NAME_FIELDS:
-            continue
-        parts.append(f"{key.short}{format_value(cell_values.get(key.dotted))}")
-    parts.append(f"s{trial.seed if seed is None else seed}")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
-
-
-def unique_names(trials: list[TrialConfig]) -> list[TrialConfig]:
-    """Append the trial_id's first digits to names that would otherwise repeat."""
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.name] = counts.get(t.name, 0) + 1
-    return [t if counts[t.name] == 1 else t.replace(name=f"{t.name}-{t.trial_id[:6]}")
-            for t in trials]
 
 
 # ---- the whole expansion --------------------------------------------------------------

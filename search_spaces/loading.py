@@ -8,12 +8,11 @@ are refused like `safe_load` refuses them; so are duplicate keys, which PyYAML w
 silently let the last one win. Numbers in exponent form without a dot (`1e-4`) are
 floats, as in YAML 1.2 (YAML 1.1 would read them as strings).
 
-Hostile input is refused cheaply, before anything is built (the caps, with their reasons,
-are listed in search_spaces/README.md, "Caps"): `read_text` reads at most
-`MAX_FILE_BYTES` + 1 bytes and refuses what is not UTF-8 text (NUL bytes, a UTF-16 file,
-invalid UTF-8, control characters); the composer refuses values nested deeper than
-`MAX_NESTING` (before Python's recursion limit) and more than `MAX_VALUES` values, each
-alias counted as the values it expands to (so a "billion laughs" stops at its first
+Hostile input is refused cheaply, before anything is built (caps and reasons: README.md
+"Caps"): `read_text` reads at most `MAX_FILE_BYTES` + 1 bytes and refuses what is not
+UTF-8 text (NUL, UTF-16, invalid UTF-8, control characters); the composer refuses values
+nested deeper than `MAX_NESTING` (before Python's recursion limit), more than `MAX_VALUES`
+values, each alias counted as what it expands to (a "billion laughs" stops at its first
 line over the cap), and integers longer than `MAX_DIGITS` digits.
 
 `Problem` is one invalid value located in the file, `StudyError` all of a file's

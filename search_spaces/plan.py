@@ -22,7 +22,7 @@ from typing import Any
 from models.config import ConfigError
 from search_spaces.cost import (Calibration, calibrate, default_threads, estimate,
                                 gpu_calibration, trial_macs, wall_seconds)
-from search_spaces.expand import format_value
+from search_spaces.names import format_value
 from search_spaces.search import InfeasibleParams, search_space, trial_from_params
 from search_spaces.study import Study, expand_study
 from workers.config import TrialConfig

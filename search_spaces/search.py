@@ -27,7 +27,8 @@ from typing import Any
 
 from models.complexity import model_stats
 from models.config import ConfigError
-from search_spaces.expand import Resolver, excluded_by, format_value, trial_name
+from search_spaces.expand import Resolver, excluded_by
+from search_spaces.names import format_value, trial_name
 from search_spaces.loading import Problem, format_path
 from search_spaces.schema import ChoiceDistribution, IntDistribution, StudySpec
 from search_spaces.validate import ParamKey, check_value, coerce_value
