@@ -97,16 +97,11 @@ def split_key_value(text: str, option: str) -> tuple[list[str], object]:
     with every other problem of the file; this is for the items a command reads itself:
     train's `--where` and its `--set` on a `--config` trial.)"""
     from models.config import ConfigError
-    from search_spaces.loading import load_yaml
+    from search_spaces.overrides import parse_key_value
 
-    key, sep, value_text = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"{option} {text}: got {text!r}; KEY=VALUE, e.g. depth=56")
-    value, _, problems = load_yaml(value_text, f"{option} {text}")
-    if problems:
-        reason = " ".join(problems[0].message.split())  # one line
-        raise ConfigError(f"{option} {text}: got {value_text!r}; a YAML value ({reason})")
+    key, value, error = parse_key_value(text, option, f"{option} {text}")
+    if error:
+        raise ConfigError(f"{option} {text}: {error}")
     return key.split("."), value
 
 

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from models.complexity import ModelStats, model_stats
 from models.config import ConfigError, ModelConfig
 from search_spaces.expand import Expansion, expand
-from search_spaces.loading import (Locations, Problem, StudyError, apply_overrides, load_yaml,
-                                   read_text)
+from search_spaces.loading import Locations, Problem, StudyError, load_yaml, read_text
+from search_spaces.overrides import apply_overrides
 from search_spaces.schema import SearchSpec, StudySpec
 from search_spaces.validate import ParamKey, schema_problems, semantic_problems
 from workers.config import Resources, TrialConfig

@@ -155,8 +155,8 @@ def test_a_bad_option_is_one_line_and_exit_2(argv, message, capsys):
     (["train", QUICK_STUDY, "--set", "space.depth=[20,"],
      f"{QUICK_STUDY} (--set space.depth=[20,): space.depth: got '[20,'; a YAML value"),
     # the items train reads itself say the same
-    (["train", QUICK_STUDY, "--where", "=56"], "--where =56: got '=56'; KEY=VALUE, e.g. "
-     "depth=56"),
+    (["train", QUICK_STUDY, "--where", "=56"], "--where =56: got '=56'; write --where "
+     "key.path=value, e.g. --where model.depth=56"),
     (["train", QUICK_STUDY, "--where", "depth=[20,"],
      "--where depth=[20,: got '[20,'; a YAML value (not valid YAML"),
 ])
