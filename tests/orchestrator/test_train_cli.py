@@ -117,5 +117,12 @@ def test_throughput_bench_prints_its_json(capsys):
     assert bench.main(["--depth", "8", "--width", "0.25", "--batch", "16", "--steps", "2",
                        "--repeats", "3", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert len(report["pair_ratios"]) == 3 and report["ratio"] > 0
-    assert report["cpu_time_ratio"] > 0 and report["end_to_end"]["ratio"] > 0
+    bare, matched = report["baselines"]["bare"], report["baselines"]["matched"]
+    # the engine trains a conv net channels_last on the CPU; the bare loop stays NCHW fp32
+    assert report["engine_layout"] == matched["layout"] == "channels_last"
+    assert (bare["layout"], bare["precision"]) == ("nchw", "fp32")
+    for baseline in (bare, matched):
+        assert len(baseline["pair_ratios"]) == 3 and baseline["ratio"] > 0
+        assert baseline["cpu_time_ratio"] > 0
+    assert report["ratio"] == bare["ratio"] and report["end_to_end"]["ratio"] > 0
+    assert report["meets_cpu_target"] == (report["ratio"] >= report["cpu_target"])
