@@ -53,7 +53,7 @@ def test_train_one_trial_of_the_quick_study_by_name_and_by_selection(tmp_path, c
     capsys.readouterr()
     # --where on a varied key selects; together with the others it leaves one trial
     assert resweep(["train", QUICK_STUDY, "--where", "model.depth=20", "--where",
-                    "residual=false", *SHRINK, "--list"]) == 0
+                    "residual=false", "--where", "seed=0", *SHRINK, "--list"]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
     assert len(listed) == 1 and listed[0].startswith("plain-20-A-w0.5-s0")
 
@@ -63,7 +63,7 @@ def test_train_input_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "no trial to run" in capsys.readouterr().err
     assert resweep(["train", QUICK_STUDY]) == 2
     err = capsys.readouterr().err
-    assert "the study has 4 trials; pick one with --trial" in err and "resnet-56-A-w0.5-s0" in err
+    assert "the study has 18 trials; pick one with --trial" in err and "resnet-44-A-w0.5-s2" in err
     assert resweep(["train", QUICK_STUDY, "--trial", "resnet-99"]) == 2
     assert "matches no trial" in capsys.readouterr().err
     missing = tmp_path / "no-data"
