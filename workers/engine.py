@@ -138,8 +138,9 @@ def match_param_strides(optimizer: torch.optim.Optimizer) -> None:
     parameter (SGD's momentum buffer) the parameter's strides.
 
     Loading casts the saved state to the parameter's device and dtype but keeps the saved
-    strides, so a checkpoint written on the CPU (NCHW) and resumed on a GPU (parameters
-    channels_last) has momentum buffers laid out unlike their parameters, which CUDA's
+    strides, so a checkpoint written in NCHW (on the CPU before conv nets trained
+    channels_last there) and resumed channels_last has momentum buffers laid out unlike
+    their parameters, which CUDA's
     fused SGD refuses. Values are unchanged; only the layout is the parameter's.
     """
     for group in optimizer.param_groups:
