@@ -125,7 +125,8 @@ def test_regenerate_rewrites_readme_study_comment_and_figure(demo_runs, tmp_path
     assert text.split(END, 1)[1] == (REPO / "README.md").read_text().split(END, 1)[1]
     comment = study.read_text().split("\nname:", 1)[0]
     assert ("mean of 3 seed(s), plain-8 17.2%, plain-20 15.4%, plain-44 22.6%, ResNet-8 "
-            "16.2%, ResNet-20 11.7%, ResNet-44 11.2%") in " ".join(comment.replace("#", " ").split())
+            "16.2%, ResNet-20 11.7%, ResNet-44 11.2%") in \
+        " ".join(comment.replace("#", " ").split())
     assert [t.trial_id for t in expand_study(load_study(study))] == \
         [t.trial_id for t in expand_study(load_study(STUDY))]
     assert (tmp_path / "example" / "degradation-quick-map.png").read_bytes()[:4] == b"\x89PNG"
