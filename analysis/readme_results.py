@@ -6,7 +6,8 @@ store of a fresh run of the demo study (search_spaces/degradation-quick.yaml).
 reads the study's runs (`analysis.runs`), builds its report (`analysis.report`) in --out
 and rewrites, from those numbers only:
 - README.md between `<!-- readme-results:start -->` and `<!-- readme-results:end -->`:
-  the final training and test error of every trial, the onset and the fix in words;
+  each cell's final training error (mean over its seeds with the 95% t-interval) and
+  mean test error, the onset and the fix in words with their tests;
 - analysis/example/<study>-map.png: the report's degradation map;
 - the study file's comment line(s) from `# Measured` to the end of its leading comment.
 """
@@ -14,6 +15,7 @@ and rewrites, from those numbers only:
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import textwrap
 from pathlib import Path
@@ -28,22 +30,37 @@ START, END = "<!-- readme-results:start -->", "<!-- readme-results:end -->"
 COMMENT_START = "# Measured"
 
 
-def trial_rows(runs: StudyRuns) -> list[tuple[str, float, float, bool]]:
-    """(label, final training error, test error, deepest of its kind) per finished trial:
-    plain nets first, then residual, by depth ("resnet-20" is written "ResNet-20")."""
-    done = runs.done.sort_values(["residual", "depth"])
-    deepest = done.groupby("residual")["depth"].transform("max")
-    return [(row["label"].replace("resnet-", "ResNet-"), row["train_error"],
-             row.get("test_error", float("nan")), row["depth"] == top)
-            for (_, row), top in zip(done.iterrows(), deepest)]
+def cell_rows(findings: Findings) -> list[tuple[str, int, float, float, float, bool]]:
+    """(label, seeds, mean final training error, its 95% t half-width (NaN for one seed),
+    mean test error, deepest of its kind) per cell of finished trials: plain nets first,
+    then residual, by depth ("resnet-20" is written "ResNet-20")."""
+    cells = findings.aggregates.sort_values(["residual", "depth"])
+    deepest = cells.groupby("residual")["depth"].transform("max")
+    return [(row["label"].replace("resnet-", "ResNet-"), int(row["n"]), row["train_error_mean"],
+             row["train_error_ci"], row.get("test_error_mean", float("nan")),
+             row["depth"] == top)
+            for (_, row), top in zip(cells.iterrows(), deepest)]
 
 
-def results_table(runs: StudyRuns) -> str:
-    lines = ["| trial | final training error | test error |", "|---|---|---|"]
-    for label, train, test, deepest in trial_rows(runs):
-        train_text = f"**{pp(train)}**" if deepest else pp(train)
-        lines.append(f"| {label} | {train_text} | {pp(test)} |")
+def with_interval(mean: float, ci: float) -> str:
+    """"12.3% ± 0.4" (the 95% t half-width in pp), or "12.3%" when there is none."""
+    return pp(mean) if math.isnan(ci) else f"{pp(mean)} ± {100 * ci:.1f}"
+
+
+def results_table(findings: Findings) -> str:
+    lines = ["| net | seeds | final training error (mean, 95% CI) | test error (mean) |",
+             "|---|---|---|---|"]
+    for label, seeds, train, ci, test, deepest in cell_rows(findings):
+        train_text = with_interval(train, ci)
+        lines.append(f"| {label} | {seeds} | {f'**{train_text}**' if deepest else train_text} "
+                     f"| {pp(test)} |")
     return "\n".join(lines)
+
+
+def _tested(comparison) -> str:
+    """", one-sided Welch p = 0.003" for a tested difference; "" under the margin rule."""
+    return f", one-sided Welch p = {comparison.p_value:.2g}" if comparison.p_value is not None \
+        else ""
 
 
 def verdicts_sentence(findings: Findings) -> str:
@@ -55,18 +72,20 @@ def verdicts_sentence(findings: Findings) -> str:
                 f"report's claims table marks the degradation claim *{degradation}* and "
                 f"the fix *{fix}*.")
     gain = next((g for g in findings.gains if g.depth == onset.depth), None)
-    twin = (f", its residual twin does not ({pp_diff(gain.train_gain)} in its favour)"
-            if gain is not None else "")
+    twin = (f", its residual twin does not ({pp_diff(gain.train_gain, gain.train_ci)} in its "
+            f"favour{_tested(gain.train_better)})" if gain is not None else "")
     verdicts = (f"marks both claims *{degradation}*" if degradation == fix else
                 f"marks the degradation claim *{degradation}* and the fix *{fix}*")
+    c = onset.comparison
     return (f"The deeper plain net trains worse (degradation onset at depth {onset.depth}, "
-            f"{pp_diff(onset.comparison.diff)} over depth {onset.shallower}){twin}: the "
+            f"{pp_diff(c.diff, c.ci)} over depth {onset.shallower}{_tested(c)}){twin}: the "
             f"report's claims table {verdicts}.")
 
 
-def readme_block(runs: StudyRuns, findings: Findings) -> str:
+def readme_block(findings: Findings) -> str:
     """What stands between the README's markers (the markers excluded)."""
-    return "\n".join([results_table(runs), "", textwrap.fill(verdicts_sentence(findings), 90)])
+    return "\n".join([results_table(findings), "",
+                      textwrap.fill(verdicts_sentence(findings), 90)])
 
 
 def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
@@ -78,12 +97,14 @@ def replace_block(text: str, block: str, start: str = START, end: str = END) -> 
     return f"{head}{start}\n{block.strip()}\n{end}{tail}"
 
 
-def study_comment(runs: StudyRuns, findings: Findings) -> list[str]:
+def study_comment(findings: Findings) -> list[str]:
     """The study file's `# Measured ...` lines."""
-    errors = ", ".join(f"{label} {pp(train)}" for label, train, _, _ in trial_rows(runs))
+    rows = cell_rows(findings)
+    errors = ", ".join(f"{label} {pp(train)}" for label, _, train, _, _, _ in rows)
+    seeds = "/".join(str(n) for n in sorted({row[1] for row in rows}))
     verdicts = {c.verdict for c in findings.claims[:2]}
     text = (f"Measured by `make readme-results` (the README's demo table): final training "
-            f"error {errors}; the report marks degradation and its fix "
+            f"error, mean of {seeds} seed(s), {errors}; the report marks degradation and its fix "
             f"{' / '.join(sorted(verdicts))}.")
     return textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ")
 
@@ -109,9 +130,9 @@ def regenerate(runs: StudyRuns, out_dir: Path, readme: Path, study_file: Path,
     figure = next(f for f in report.figures if f.name == DEGRADATION_MAP)
     shutil.copyfile(figure.png, example_dir / f"{runs.study}-map.png")
     readme.write_text(replace_block(readme.read_text(encoding="utf-8"),
-                                    readme_block(runs, report.findings)), encoding="utf-8")
+                                    readme_block(report.findings)), encoding="utf-8")
     study_file.write_text(rewrite_study_comment(study_file.read_text(encoding="utf-8"),
-                                                study_comment(runs, report.findings)),
+                                                study_comment(report.findings)),
                           encoding="utf-8")
     return report
 
@@ -126,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_study_runs(name, args.tracking_uri)
     report = regenerate(runs, Path(args.out), REPO / "README.md", study_file,
                         REPO / "analysis" / "example")
-    print(readme_block(runs, report.findings))
+    print(readme_block(report.findings))
     print(f"rewrote README.md, {study_file} and analysis/example/{name}-map.png "
           f"(report: {report.html})")
     return 0

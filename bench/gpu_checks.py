@@ -13,9 +13,9 @@ the capture warnings, so a silent eager fallback cannot pass for a captured run:
 - resume_after_capture: a graph step stopped halfway, its model and optimizer state saved
   and loaded (through torch.save, on the CPU, as a checkpoint) into a fresh model and step
   that captures again, against the uninterrupted run.
-- resume_from_cpu_checkpoint: the optimizer state of an NCHW model trained on the CPU
-  loaded into a channels_last model on the device (a study started on CPUs and rerun on
-  GPUs): the momentum buffers get the parameters' strides and the step captures.
+- resume_from_cpu_checkpoint: the optimizer state of an NCHW model trained on the CPU (as
+  CPU trials were before they trained channels_last) loaded into a channels_last model on
+  the device (a study started on CPUs and rerun on GPUs): the momentum buffers get the parameters' strides and the step captures.
 - evaluate_between_replays: eager evaluation in the middle of training changes neither
   the weights (against a run without it) nor the static loss read before it.
 
@@ -169,7 +169,7 @@ class Checks:
         cpu = torch.device("cpu")
         train = TrainConfig(**self.train_settings)
         half = self.steps // 2
-        cpu_model = self.model(cpu, channels_last=False)           # NCHW, as on a CPU
+        cpu_model = self.model(cpu, channels_last=False)   # NCHW, older CPU checkpoints
         cpu_step = EagerStep(cpu_model, train, cpu)
         self.run(cpu_step, train, 0, half, data=[(x.cpu(), y.cpu()) for x, y in self.data])
         saved = _through_a_file({"model": cpu_model.state_dict(),

@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 
 from workers.config import TrainConfig
-from workers.engine import match_param_strides, train_step
+from workers.engine import match_param_strides, to_layout, train_step, uses_channels_last
 
 WARMUP_STEPS = 3   # side-stream steps before capture (PyTorch's recipe uses a few)
 
@@ -91,7 +91,7 @@ def _has_fused_sgd(device: torch.device) -> bool:
 class GraphStep:
     """`workers.engine.TrainStep` with the step captured in a CUDA graph (see module doc).
 
-    model:   already on `device` (channels_last on CUDA), in train mode.
+    model:   already on `device` (channels_last where `uses_channels_last`), in train mode.
     capture: None = capture on CUDA devices, run eagerly elsewhere.
     """
 
@@ -108,7 +108,7 @@ class GraphStep:
         self.precision = train.precision
         self.label_smoothing = train.label_smoothing
         self.grad_clip = train.grad_clip
-        self.channels_last = device.type == "cuda"
+        self.channels_last = uses_channels_last(model, device)
         self.lr = torch.tensor(float(train.lr), dtype=torch.float32, device=device)
         self._lr_value = float(train.lr)
         self.optimizer = tensor_lr_sgd(model, train, self.lr)
@@ -142,8 +142,7 @@ class GraphStep:
                              f"{images.shape[0]} images and {labels.shape[0]} labels. The loop "
                              "must drop the ragged last batch (static_batch is True).")
         if self.graph is None:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = to_layout(images, self.channels_last)
             if self.capture:
                 self._capture(images, labels)             # sets self.graph on success
             if self.graph is None:                        # CPU, or capture failed: eagerly

@@ -56,7 +56,8 @@ from models import build_model, count_macs, count_params, gradient_norms, layer_
 from models.config import ConfigError
 from workers.config import TrialConfig, data_config_problems, train_config_problems
 from workers.data import TrialData, load_data
-from workers.engine import TrainStep, evaluate, make_train_step, pick_device
+from workers.engine import (TrainStep, evaluate, make_train_step, pick_device,
+                            uses_channels_last)
 from workers.recipes import ErrorWarmup, lr_at
 from workers.results import (DIVERGED, ELAPSED_S, EPOCH, FINISHED, GRADIENT_NORMS,
                              IMAGES_PER_S, ITERATION, LAYER_RESPONSES, LR, MACS, PARAMS,
@@ -220,6 +221,7 @@ class _Trial:
         self.model = build_model(config.model).to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        if uses_channels_last(self.model, self.device):  # conv nets, CPU too (engine doc)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step: TrainStep = make_train_step(self.model, self.train, self.device)
         batch = self.train.batch_size

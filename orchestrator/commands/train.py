@@ -232,12 +232,20 @@ def _study_trials(path: str, overrides: list[str], wheres: list[str]):
                               f"field ({model}), data.<field> or train.<field>")
         chosen = [t for t in trials if _plain(value_of(t)) == value]
         if not chosen:
-            values = sorted({repr(value_of(t)) for t in trials})
+            values = sorted({repr(value_of(t)) for t in trials}, key=_numbers_first)
             raise ConfigError(f"--where {item}: no trial of the study has "
                               f"{dotted} = {value!r}; its trials have "
                               f"{', '.join(values) or 'none'}")
         trials = chosen
     return trials
+
+
+def _numbers_first(text: str) -> tuple[int, float, str]:
+    """Sort key of a value's repr: numbers by value (8 before 20), then the rest as text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def _pick(trials, wanted: str | None):

@@ -1,5 +1,6 @@
 """`make readme-results`'s rewriting step (analysis/readme_results.py) on a small real
-MLflow store: the demo study's four real trials written through `StudyTracker`, as
+MLflow store: the demo study's real trials (3 depths x plain/residual x 3 seeds) written
+through `StudyTracker`, as
 `resweep run` writes them, with known final errors. The demo run itself is
 tests/test_demo.py's job (slow); this checks that what the README, the figure and the
 study comment say is what the store holds, and that the committed README and study file
@@ -7,7 +8,9 @@ carry the markers the rewriting needs."""
 
 from __future__ import annotations
 
+import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -20,14 +23,19 @@ from search_spaces import expand_study, load_study
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "search_spaces" / "degradation-quick.yaml"
-# (depth, residual) -> final training error, test error: degradation and its fix.
-FINAL = {(20, False): (0.1537, 0.16), (56, False): (0.241, 0.25),
-         (20, True): (0.117, 0.13), (56, True): (0.123, 0.135)}
+# (depth, residual) -> final (training error, test error) of seeds 0, 1 and 2: plain nets
+# degrade from 44 layers on, their residual twins do not.
+FINAL = {(8, False): ((0.170, 0.18), (0.172, 0.18), (0.174, 0.18)),
+         (20, False): ((0.152, 0.16), (0.156, 0.17), (0.154, 0.165)),
+         (44, False): ((0.220, 0.23), (0.226, 0.24), (0.232, 0.235)),
+         (8, True): ((0.160, 0.17), (0.162, 0.17), (0.164, 0.17)),
+         (20, True): ((0.115, 0.13), (0.119, 0.13), (0.117, 0.13)),
+         (44, True): ((0.110, 0.12), (0.112, 0.13), (0.114, 0.125))}
 
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """The demo study's trials in a fresh SQLite store, 5 epochs each, all finished."""
+    """The demo study's trials in a fresh SQLite store, all epochs of each, all finished."""
     root = tmp_path_factory.mktemp("readme-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     study = load_study(STUDY)
@@ -35,11 +43,12 @@ def demo_runs(tmp_path_factory):
     tracker.start_study(study.name, study_hash="0" * 12, study_text=STUDY.read_text(),
                         version="test")
     for trial in expand_study(study):
-        train, test = FINAL[(trial.model.depth, trial.model.residual)]
+        train, test = FINAL[(trial.model.depth, trial.model.residual)][trial.seed]
         run_id, _ = tracker.start_trial(trial)
-        for epoch in range(1, 6):
-            metrics = {"train_error": train + 0.1 * (5 - epoch), "train_loss": 1.0 / epoch}
-            if epoch == 5:
+        epochs = trial.train.epochs
+        for epoch in range(1, epochs + 1):
+            metrics = {"train_error": train + 0.1 * (epochs - epoch), "train_loss": 1.0 / epoch}
+            if epoch == epochs:
                 metrics["test_error"] = test
             tracker.log_epoch(run_id, metrics, epoch, {})
         tracker.end_trial(run_id, "finished")
@@ -47,19 +56,45 @@ def demo_runs(tmp_path_factory):
     return load_study_runs(study.name, uri)
 
 
-def test_table_has_every_trial_with_its_final_errors(demo_runs):
-    lines = results_table(demo_runs).splitlines()
-    assert lines[2:] == ["| plain-20 | 15.4% | 16.0% |", "| plain-56 | **24.1%** | 25.0% |",
-                         "| ResNet-20 | 11.7% | 13.0% |", "| ResNet-56 | **12.3%** | 13.5% |"]
+def t_half_width(values) -> float:
+    """95% t half-width (pp) of the mean of three values: t(0.975, 2) = 4.303."""
+    return 100 * 4.303 * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def test_readme_block_states_onset_fix_and_verdicts(demo_runs):
+def test_table_rows_are_cells_with_seed_means_and_t_intervals(demo_runs):
     from analysis.findings import compute_findings
 
-    block = " ".join(readme_block(demo_runs, compute_findings(demo_runs.trials)).split())
-    assert ("degradation onset at depth 56, +8.7 pp over depth 20), its residual twin does "
-            "not (+11.8 pp in its favour): the report's claims table marks both claims "
-            "*supported*.") in block
+    lines = results_table(compute_findings(demo_runs.trials)).splitlines()
+    assert lines[2:] == [
+        "| plain-8 | 3 | 17.2% ± 0.5 | 18.0% |", "| plain-20 | 3 | 15.4% ± 0.5 | 16.5% |",
+        "| plain-44 | 3 | **22.6% ± 1.5** | 23.5% |", "| ResNet-8 | 3 | 16.2% ± 0.5 | 17.0% |",
+        "| ResNet-20 | 3 | 11.7% ± 0.5 | 13.0% |", "| ResNet-44 | 3 | **11.2% ± 0.5** | 12.5% |"]
+    assert [round(t_half_width([train for train, _ in FINAL[(depth, False)]]), 1)
+            for depth in (8, 20, 44)] == [0.5, 0.5, 1.5]
+
+
+def test_readme_block_states_onset_fix_their_tests_and_verdicts(demo_runs):
+    from analysis.findings import compute_findings
+    from scipy import stats
+
+    block = " ".join(readme_block(compute_findings(demo_runs.trials)).split())
+
+    def welch(a, b):
+        """(95% half-width in pp, one-sided p) of mean(a) - mean(b), from scipy."""
+        low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+        return 100 * (high - low) / 2, p
+
+    def train(depth, residual):
+        return [train for train, _ in FINAL[(depth, residual)]]
+
+    # onset: plain-44 over plain-20 (the larger of its two gaps: 8 -> 44 is +5.4 pp)
+    ci, p = welch(train(44, False), train(20, False))
+    assert (f"degradation onset at depth 44, +7.2 pp ± {ci:.1f} over depth 20, one-sided "
+            f"Welch p = {p:.2g})") in block
+    ci, p = welch(train(44, False), train(44, True))
+    assert (f"its residual twin does not (+11.4 pp ± {ci:.1f} in its favour, one-sided Welch "
+            f"p = {p:.2g}): the report's claims table marks both claims *supported*.") in block
 
 
 def test_replace_block_keeps_everything_outside_the_markers():
@@ -85,11 +120,12 @@ def test_regenerate_rewrites_readme_study_comment_and_figure(demo_runs, tmp_path
     regenerate(demo_runs, tmp_path / "report", readme, study, tmp_path / "example")
 
     text = readme.read_text()
-    assert "| plain-56 | **24.1%** | 25.0% |" in text
+    assert "| plain-44 | 3 | **22.6% ± 1.5** | 23.5% |" in text
     assert text.count(START) == text.count(END) == 1
     assert text.split(END, 1)[1] == (REPO / "README.md").read_text().split(END, 1)[1]
     comment = study.read_text().split("\nname:", 1)[0]
-    assert "plain-20 15.4%, plain-56 24.1%, ResNet-20 11.7%, ResNet-56 12.3%" in \
+    assert ("mean of 3 seed(s), plain-8 17.2%, plain-20 15.4%, plain-44 22.6%, ResNet-8 "
+            "16.2%, ResNet-20 11.7%, ResNet-44 11.2%") in \
         " ".join(comment.replace("#", " ").split())
     assert [t.trial_id for t in expand_study(load_study(study))] == \
         [t.trial_id for t in expand_study(load_study(STUDY))]

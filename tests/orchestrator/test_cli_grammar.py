@@ -80,20 +80,21 @@ def test_set_values_are_yaml_in_every_command(tmp_path, capsys, fixed_calibratio
 
 
 def test_where_picks_trials_and_says_what_exists(capsys):
-    assert resweep(["train", QUICK_STUDY, "--where", "depth=56", "--list"]) == 0
+    assert resweep(["train", QUICK_STUDY, "--where", "depth=44", "--list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["plain-56-A-w0.5-s0", "resnet-56-A-w0.5-s0"]
+    assert names == [f"{kind}-44-A-w0.5-s{seed}" for kind in ("plain", "resnet")
+                     for seed in (0, 1, 2)]
     assert resweep(["train", QUICK_STUDY, "--where", "residual=true", "--where", "seed=0",
                     "--where", "train.lr=0.1", "--where", "model.depth=20", "--list"]) == 0
     assert capsys.readouterr().out.split()[0] == "resnet-20-A-w0.5-s0"
     assert resweep(["train", QUICK_STUDY, "--where", "depth=57"]) == 2
     err = capsys.readouterr().err
     assert "--where depth=57: no trial of the study has model.depth = 57" in err
-    assert "its trials have 20, 56" in err
+    assert "its trials have 8, 20, 44" in err
     assert resweep(["train", QUICK_STUDY, "--where", "dpth=56"]) == 2
     assert "got the key 'dpth'; seed, a model field (family, depth" in capsys.readouterr().err
-    assert resweep(["train", QUICK_STUDY, "--where", "depth=56"]) == 2
-    assert "the study has 2 trials; pick one with --trial" in capsys.readouterr().err
+    assert resweep(["train", QUICK_STUDY, "--where", "depth=44"]) == 2
+    assert "the study has 6 trials; pick one with --trial" in capsys.readouterr().err
 
 
 def test_set_on_a_varied_key_names_the_where_that_picks_it(capsys):

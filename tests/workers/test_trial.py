@@ -217,3 +217,40 @@ def _record(train, config) -> list[tuple[dict, str | None]]:
     report = Recorder()
     train(config, report)
     return report.calls
+
+
+def test_conv_nets_train_channels_last_on_the_cpu_deterministically(tmp_path):
+    """The CPU engine's layout (workers.engine.uses_channels_last): a conv net's weights
+    and batches are channels_last, an MLP's are not; a trial is as reproducible as before
+    (same seed, same numbers) and its values agree with the NCHW step's up to rounding."""
+    from workers.engine import EagerStep, uses_channels_last
+
+    cpu = torch.device("cpu")
+    conv, mlp = build_model(SMALL_NET), build_model(ModelConfig(family="mlp", depth=4))
+    assert uses_channels_last(conv, cpu) and not uses_channels_last(mlp, cpu)
+
+    config = _resume_config()
+    first = train_trial(config, Recorder(), checkpoint_dir=str(tmp_path / "a"))
+    second = train_trial(config, Recorder(), checkpoint_dir=str(tmp_path / "b"))
+    assert without_timing(first.history) == without_timing(second.history)
+    assert first.probes == second.probes
+    saved = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    conv_weights = [w for w in saved.values() if w.dim() == 4]
+    assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last)
+                                for w in conv_weights)
+    assert not all(w.is_contiguous() for w in conv_weights)  # (a 1-channel stem is both)
+
+    # one step from the same weights in both layouts: the same loss and wrong count
+    images = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % 10
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model(SMALL_NET)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        step = EagerStep(model, config.train, cpu)
+        assert step.channels_last  # the step converts NCHW batches for either model
+        results.append([step(images, labels) for _ in range(3)])
+    for (loss_a, wrong_a), (loss_b, wrong_b) in zip(*results):
+        assert torch.allclose(loss_a, loss_b, rtol=1e-4) and wrong_a == wrong_b
