@@ -25,7 +25,10 @@ are kept, so a rerun builds from the cache in seconds. Exits 0 when every check 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -128,8 +131,7 @@ class Stack:
         cmd = ["docker", *self.base, "--profile", "submit", "run", "--rm", "-T", "resweep"]
         if background:
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, env=dict(__import__("os").environ,
-                                                        **cb.docker_env()))
+                                    text=True, env=dict(os.environ, **cb.docker_env()))
         return self("--profile", "submit", "run", "--rm", "-T", "resweep", timeout=1200)
 
 
@@ -224,7 +226,8 @@ def check_report(stack: Stack, client) -> None:
 
 
 def run_study(stack: Stack, client) -> dict:
-    """Submit, kill a worker mid-study, wait for the submit; check MLflow; a snapshot."""
+    """Submit, kill a worker mid-study, wait for the submit; check MLflow; the outcome
+    (with `runs`, the snapshot down_and_up compares against)."""
     submit = stack.submit(background=True)
     try:
         killed = kill_a_busy_worker(stack, client, submit)
@@ -236,13 +239,19 @@ def run_study(stack: Stack, client) -> dict:
     cb.log("submit output (tail):\n    " + "\n    ".join(output.strip().splitlines()[-8:]))
     check(submit.returncode == 0, f"the submit service exited 0 (see {cb.WORK / 'submit.log'})")
     snap = check_study(stack, client)
-    failures = sum(int(r.data.tags.get("resweep.worker_failures", "0"))
-                   for r in trial_runs(client))
+    runs = trial_runs(client)
+    failures = sum(int(r.data.tags.get("resweep.worker_failures", "0")) for r in runs)
     cb.log(f"worker kill: {killed}; trials restarted from a checkpoint: {failures}")
-    return snap
+    return {"submit": "exit 0", "killed_worker": killed, "trials_restarted": failures,
+            "trials": {r.info.run_name: {
+                "status": r.info.status, "epochs": int(r.data.tags["resweep.last_epoch"]),
+                "val_error": round(r.data.metrics["val_error"], 4),
+                "worker_failures": int(r.data.tags.get("resweep.worker_failures", "0"))}
+                for r in sorted(runs, key=lambda r: r.info.run_name)},
+            "runs": snap}
 
 
-def down_and_up(stack: Stack, client, before: dict) -> None:
+def down_and_up(stack: Stack, client, before: dict) -> dict:
     stack("down", timeout=600)
     check(not stack.states(), "`docker compose down`: no container left (volumes kept)")
     healthy = stack.up()
@@ -252,12 +261,32 @@ def down_and_up(stack: Stack, client, before: dict) -> None:
     check(f"all {TRIALS} trials are already done" in rerun,
           "a rerun of the submit finds every trial done")
     check(len(trial_runs(client)) == TRIALS, "and adds no trial run")
+    return {"runs_unchanged": True, "healthy_again_after_s": max(healthy.values()),
+            "rerun": next(l.strip() for l in rerun.splitlines() if "already done" in l)}
+
+
+@contextlib.contextmanager
+def held(lock: Path | None):
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        cb.log(f"waiting for {lock}")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true",
                         help="leave the stack's volumes (runs, artifacts) after the test")
+    parser.add_argument("--lock", metavar="FILE", type=Path,
+                        help="hold this lock file (flock) while the stack runs, not while "
+                             "images build: for machines whose CPUs are shared")
     args = parser.parse_args(argv)
     started = time.monotonic()
     why_not = cb.docker_usable()
@@ -272,22 +301,25 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack()
         try:
             summary["builds"] = cb.build_all(stack.config)
-            summary["healthy_after_s"] = stack.up()
-            check_endpoints(stack)
-            from mlflow.tracking import MlflowClient
-            client = MlflowClient(stack.mlflow_url)
-            snap = run_study(stack, client)
-            check_report(stack, client)
-            down_and_up(stack, client, snap)
+            with held(args.lock):
+                summary["healthy_after_s"] = stack.up()
+                check_endpoints(stack)
+                from mlflow.tracking import MlflowClient
+                client = MlflowClient(stack.mlflow_url)
+                summary["study"] = run_study(stack, client)
+                check_report(stack, client)
+                summary["down_up"] = down_and_up(stack, client, summary["study"]["runs"])
             summary["outcome"] = "every check passed"
         except (CheckFailed, cb.BuildError) as failure:
             summary["outcome"] = f"FAILED: {failure}"
             logs = stack("logs", "--tail", "40", check=False)
             (cb.WORK / "stack-failure.log").write_text(logs.stdout + logs.stderr)
         finally:
-            stack("--profile", "submit", "down", *([] if args.keep else ["-v"]),
-                  check=False, timeout=600)
+            with held(args.lock):
+                stack("--profile", "submit", "down", *([] if args.keep else ["-v"]),
+                      check=False, timeout=600)
     summary["wall_s"] = round(time.monotonic() - started, 1)
+    summary.get("study", {}).pop("runs", None)  # the snapshot: too long to print
     print("make cluster-test summary:\n" + json.dumps(summary, indent=2))
     return 0 if summary["outcome"] == "every check passed" else 1
 
