@@ -13,13 +13,15 @@ PYTEST_ARGS ?=
 README_STUDY := search_spaces/degradation-quick.yaml
 README_RUN := $(CURDIR)/build/readme-results
 
-.PHONY: help setup data test demo readme-results clean
+.PHONY: help setup data test demo readme-results cluster-test clean
 
 help:
 	@echo "make demo   run the default study (local Ray + MLflow) and write its report"
 	@echo "make test   run the test suite"
 	@echo "make readme-results  rerun the demo study in a fresh store (build/readme-results)"
 	@echo "            and rewrite the README's demo table, its figure and the study's comment"
+	@echo "make cluster-test  build the compose stack's images offline, bring it up and run a"
+	@echo "            study through it (root; Docker installed and started if needed)"
 	@echo "make setup  create $(VENV) with the pinned packages (done by demo/test)"
 	@echo "make data   make sure Fashion-MNIST is on disk (done by demo/test)"
 	@echo "make clean  remove the venv, local MLflow store, Ray results and reports"
@@ -55,6 +57,12 @@ readme-results: setup data
 	    --storage $(README_RUN)/ray_results
 	$(BIN)/python -m analysis.readme_results --study $(README_STUDY) \
 	    --tracking-uri sqlite:///$(README_RUN)/mlflow.db --out $(README_RUN)/report
+
+# The compose stack really up (tests/stack/compose_stack.py): dockerd, a Debian base, a
+# wheelhouse, every image, a study through the compose file's submit service, a worker
+# killed mid-study, down/up. Not part of `make test` (minutes, root, several GB of images).
+cluster-test:
+	$(BIN)/python tests/stack/compose_stack.py $(CLUSTER_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts ray_results reports build/readme-results

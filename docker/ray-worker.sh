@@ -12,6 +12,8 @@
 #   RAY_HEAD_ADDRESS   GCS address of the head (ray-head:6379)
 #   RAY_WORKER_GPUS    GPUs per replica (default 1; 0: a CPU-only worker)
 #   RAY_WORKER_CPUS    CPUs this node offers to trials (default: Ray counts them)
+#   RAY_WORKER_START_ARGS  more `ray start` options, split on spaces (e.g. on host
+#                      networking: --node-ip-address=127.0.0.1 --dashboard-agent-listen-port=0)
 #   GPU_CLAIMS_DIR     the shared claims directory (default /claims)
 #   GPU_COUNT          GPUs on the host (default: counted with torch)
 #   CLAIM_WAIT_S       how long to wait for a free GPU (default 60; stale claims expire)
@@ -71,6 +73,8 @@ set -- ray start --address="$head_address" --block --disable-usage-stats
 if [ -n "${RAY_WORKER_CPUS:-}" ]; then
     set -- "$@" --num-cpus="$RAY_WORKER_CPUS"
 fi
+# shellcheck disable=SC2086  # split on purpose: one word per option
+set -- "$@" ${RAY_WORKER_START_ARGS:-}
 
 if [ "$want" -eq 0 ]; then
     say "CPU-only worker"

@@ -7,7 +7,9 @@
   them (docker/ray-worker.sh in its dry-run mode);
 - every ${VAR} of the compose file is in .env.example, which holds no real secrets;
 - published ports bound to 127.0.0.1; health checks and start order;
-- docker/ray-worker.sh gives each replica its own GPUs.
+- docker/ray-worker.sh gives each replica its own GPUs;
+- docker-compose.offline.yml (`make cluster-test`) builds the same Dockerfiles with other
+  build arguments, and its commands parse too.
 """
 
 from __future__ import annotations
@@ -298,3 +300,70 @@ def test_worker_replicas_claim_distinct_gpus(tmp_path):
     assert _claim(tmp_path / "two", "a", per_worker=2)[0] == "0,1"
     assert _claim(tmp_path / "two", "b", per_worker=2)[0] == "2,3"
     assert _claim(tmp_path / "cpu", "c", per_worker=0)[0] == ""
+
+
+# --- docker-compose.offline.yml: the override `make cluster-test` runs the stack with --------
+
+OFFLINE_FILE = ROOT / "docker-compose.offline.yml"
+
+
+class _ComposeTagLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (!reset, !override): read as their plain values."""
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeTagLoader.add_constructor(
+        _tag, lambda loader, node: (loader.construct_mapping(node) if isinstance(
+            node, yaml.MappingNode) else loader.construct_sequence(node) if isinstance(
+            node, yaml.SequenceNode) else loader.construct_scalar(node)))
+
+
+def dockerfile_args(path: Path) -> dict[str, str]:
+    """ARG NAME[=default] lines of a Dockerfile: {name: default}."""
+    args = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("ARG "):
+            name, _, default = line[4:].strip().partition("=")
+            args[name] = default.strip('"')
+    return args
+
+
+def test_offline_override_builds_the_same_dockerfiles_with_other_arguments():
+    base = load_compose()["services"]
+    env = read_env_file(ENV_EXAMPLE)
+    override = yaml.load(interpolate(OFFLINE_FILE.read_text(), env), _ComposeTagLoader)
+    assert set(override["services"]) <= set(base), "the override adds no service"
+    for name in ("minio", "minio-init"):  # not buildable here: behind a profile
+        assert override["services"][name] == {"profiles": ["minio"]}
+    for name, service in override["services"].items():
+        build = service.get("build")
+        if build:
+            dockerfile = ROOT / build["dockerfile"]
+            declared = dockerfile_args(dockerfile)
+            assert set(build.get("args", {})) <= set(declared), f"{name}: undeclared build arg"
+        if name in ("mlflow", "ray-head", "ray-worker", "resweep"):
+            assert base[name]["build"]["dockerfile"] == build["dockerfile"], name
+    for dockerfile in ("Dockerfile", "mlflow.Dockerfile"):  # networked users: official base
+        declared = dockerfile_args(ROOT / "docker" / dockerfile)
+        assert declared == {"BASE_IMAGE": "python:3.11-slim-bookworm", "PIP_OPTIONS": ""}
+    # The commands the override puts in place parse with the real programs' parsers.
+    checked = []
+    for name in ("mlflow", "ray-head", "resweep"):
+        service = {**base[name], **override["services"][name]}
+        argv = argv_of(service.get("entrypoint")) + argv_of(service.get("command"))
+        checked += check_command(argv, service, f"offline {name}")
+        for probe in healthcheck_commands(service):
+            checked += check_command(probe, service, f"offline {name} healthcheck")
+    assert {"mlflow server", "ray start", "ray job", "resweep run"} <= set(checked)
+
+
+def test_worker_script_passes_extra_start_args(tmp_path):
+    env = dict(os.environ, GPU_CLAIMS_DIR=str(tmp_path), RAY_WORKER_GPUS="0", DRY_RUN="1",
+               RAY_WORKER_START_ARGS="--node-ip-address=127.0.0.2 --dashboard-agent-listen-port=0")
+    out = subprocess.run(["sh", str(WORKER_SCRIPT)], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    from ray.scripts.scripts import cli as ray_cli
+
+    check_click(ray_cli, "ray", out[2:])
+    assert {"--node-ip-address=127.0.0.2", "--dashboard-agent-listen-port=0",
+            "--num-gpus=0"} <= set(out)
