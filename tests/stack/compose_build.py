@@ -41,7 +41,6 @@ DOCKER_CONFIG = WORK / "docker-config"
 WHEELHOUSE = WORK / "wheelhouse"
 DEBIAN_IMAGE = "resweep-offline/debian:bookworm"
 PYTHON_IMAGE = "resweep-offline/python:3.11-bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # Debian's Compose v2 package, from the release after bookworm (a static-enough Go binary).
 COMPOSE_SUITE = "trixie"
 # A fixed port for the wheelhouse: PIP_OPTIONS is a build argument, and a new value would
@@ -51,6 +50,30 @@ WHEELHOUSE_PORT = 28999
 
 class BuildError(RuntimeError):
     """A step of the build failed; the message says which and shows its output."""
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt already uses ($RESWEEP_DEBIAN_MIRROR wins):
+    the first `URIs:` of /etc/apt/sources.list.d/*.sources, or the first `deb URL` line of
+    /etc/apt/sources.list, whose path ends in /debian (not -security)."""
+    if os.environ.get("RESWEEP_DEBIAN_MIRROR"):
+        return os.environ["RESWEEP_DEBIAN_MIRROR"]
+    candidates: list[str] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.strip().startswith("URIs:"):
+                candidates += line.split(":", 1)[1].split()
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text(errors="replace").splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 2 and words[0] == "deb":
+                candidates.append(words[1])
+    for uri in candidates:
+        if uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    raise BuildError("no Debian archive found in /etc/apt/sources.list(.d); set "
+                     "RESWEEP_DEBIAN_MIRROR to the archive's URL (the one apt uses)")
 
 
 def sh(*cmd: str, check: bool = True, capture: bool = True, timeout: float = 1800,
@@ -138,7 +161,7 @@ def ensure_compose() -> str:
         (lists / "partial").mkdir(parents=True)
         sources = Path(tmp, "sources.list")
         sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                           f"{DEBIAN_MIRROR} {COMPOSE_SUITE} main\n")
+                           f"{debian_mirror()} {COMPOSE_SUITE} main\n")
         opts = [f"-oDir::Etc::SourceList={sources}", "-oDir::Etc::SourceParts=/dev/null",
                 f"-oDir::State::Lists={lists}", "-oDir::Cache::pkgcache=",
                 "-oDir::Cache::srcpkgcache=", "-oAPT::Sandbox::User=root"]
@@ -175,7 +198,7 @@ def debian_base() -> float:
     rootfs = WORK / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     log("debootstrap --variant=minbase bookworm")
-    sh("debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR,
+    sh("debootstrap", "--variant=minbase", "bookworm", str(rootfs), debian_mirror(),
        timeout=1200)
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):  # apt's downloads
         for path in (rootfs / junk).glob("*"):
