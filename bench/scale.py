@@ -176,7 +176,7 @@ REPORT_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_los
 
 def tracking_section(args) -> dict:
     """See module docstring: SQLite directly, then through `mlflow server`."""
-    from orchestrator.tracking import open_client
+    from orchestrator.tracking_store import open_client
 
     out: dict = {"runs": args.tracking_runs, "epochs": args.tracking_epochs,
                  "concurrent": args.tracking_concurrent, "metrics_per_report": len(REPORT_KEYS),
