@@ -236,12 +236,12 @@ class StudyTracker:
         if stale is not None and stale.mlflow_status == "RUNNING":
             self._on_run(stale.run_id, lambda: self._close_stale(stale.run_id), "close")
         handle = f"pending-{trial.trial_id}-{len(self.run_ids)}-{id(tags)}"
-        attempts = []
+        attempts, start_time = [], int(time.time() * 1000)   # when the trial started
 
         def create() -> None:
             attempts.append(1)
             run_id = self.run_ids.get(handle) or (len(attempts) > 1 and self._created(tags))
-            self.run_ids[handle] = run_id or self._create_run(trial, tags)
+            self.run_ids[handle] = run_id or self._create_run(trial, tags, start_time)
         self._on_run(handle, create, f"start {trial.name}")
         return self.run_id(handle), 0
 
@@ -267,11 +267,11 @@ class StudyTracker:
             f"tags.`{Tag.PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=1)
         return found[0].info.run_id if found else None
 
-    def _create_run(self, trial: TrialConfig, tags: dict[str, str]) -> str:
+    def _create_run(self, trial: TrialConfig, tags: dict[str, str], start_time: int) -> str:
         from mlflow.entities import Param
 
-        run_id = self.client.create_run(self.experiment_id, run_name=trial.name,
-                                        tags=tags).info.run_id
+        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags,
+                                        start_time=start_time).info.run_id
         params = [Param(k, v) for k, v in trial_params(trial).items()]
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
