@@ -26,12 +26,13 @@ Sections (`--sections`, default all that exist):
   With PostgreSQL 15 binaries and psycopg2 on the machine (`--tracking-postgres`), the
   server section runs again on a PostgreSQL backend (a throw-away cluster in the temp
   folder, run as the `postgres` user, on a free 127.0.0.1 port).
-- `ray`: a `--ray-trials` N trial grid of the `mlp` toy (a few hundred Fashion-MNIST
-  images, `--ray-epochs` E epochs, about a second each) through `resweep run` on the
+- `ray`: a `--ray-trials` N trial grid of the `mlp` toy (384 Fashion-MNIST images,
+  `--ray-epochs` E epochs: a fraction of a second each, so the run is mostly overhead) through `resweep run` on the
   embedded Ray (2 slots on 2 cores), a fresh SQLite store: wall time, trials/min, the
-  driver's peak RSS, the trials' own time (each run's start to end, as the driver saw
+  driver's peak RSS, the start-up (launch to the first trial), the trials' own time (each run's start to end, as the driver saw
   them; and the worker's training time), the orchestration overhead per trial = (wall x
-  slots - the trials' own time) / N, and each trial's wait for a slot (its start minus
+  slots - the trials' own time) / N (also from the first trial's start to the last
+  one's end: without the start-up), and each trial's wait for a slot (its start minus
   when a slot last came free) at the 10th and at the last trials (medians over 20);
   then `resweep report` of that study (wall time, peak RSS). Targets: overhead <= 1 s
   per trial, the last trials' wait within 20% (or 0.1 s) of the 10th's, report <= 60 s.
@@ -73,12 +74,13 @@ RESWEEP = [sys.executable, "-c", "import sys; from orchestrator.cli import main;
 def run_measured(argv: list[str], cwd: Path, checkout: Path = REPO,
                  timeout: float | None = None) -> dict:
     """Run `resweep ARGV` (from `checkout`) in a child process: wall seconds and peak RSS
-    (MB) of that child alone (os.wait4's rusage, kilobytes on Linux); stdout is
+    (MB) of that child alone (os.wait4's rusage, kilobytes on Linux), and when it started
+    (seconds since the epoch, for comparing with MLflow's times); stdout is
     discarded. Past `timeout` seconds the child is killed: {"timed_out_after_s": ...}."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "CI": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         proc = subprocess.Popen(RESWEEP + argv, cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
         while True:   # reap it ourselves: wait4 gives this child's own rusage
@@ -96,7 +98,8 @@ def run_measured(argv: list[str], cwd: Path, checkout: Path = REPO,
             stderr.seek(0)
             raise SystemExit(f"resweep {' '.join(argv)} exited {proc.returncode}:\n"
                              + stderr.read().decode(errors="replace"))
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "started_at": started_at}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=True, help="tracking: also a server on PostgreSQL (default: "
                         "where PostgreSQL 15 and psycopg2 are installed)")
     parser.add_argument("--ray-trials", type=int, default=1000, metavar="N",
-                        help="ray: trials of the tiny study (default 1000; a multiple of 10)")
+                        help="ray: trials of the tiny study (default 1000; a multiple of 5)")
     parser.add_argument("--ray-epochs", type=int, default=3, metavar="E",
                         help="ray: epochs per trial (default 3)")
     parser.add_argument("--ray-timeout", type=float, default=3600.0, metavar="S",
