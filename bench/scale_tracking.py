@@ -35,8 +35,14 @@ def tracking_section(args) -> dict:
             if not _postgres_available():
                 out["mlflow_server_postgresql"] = "skipped: no PostgreSQL 15 or psycopg2"
             else:
-                with _postgres(folder) as backend, _mlflow_server(folder, backend) as url:
-                    out["mlflow_server_postgresql"] = _tracking_rates(open_client(url), args)
+                try:
+                    with _postgres(folder) as backend, _mlflow_server(folder, backend) as url:
+                        out["mlflow_server_postgresql"] = _tracking_rates(open_client(url),
+                                                                          args)
+                except (subprocess.CalledProcessError, SystemExit, OSError) as err:
+                    detail = getattr(err, "stderr", None) or b""
+                    out["mlflow_server_postgresql"] = (
+                        f"failed: {err} {detail.decode(errors='replace')[-300:]}".strip())
     return out
 
 
