@@ -34,6 +34,7 @@ Reruns (a killed driver, `--resume`, an extended study) follow these rules:
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -116,6 +117,7 @@ class StudyTracker:
     reused_parent: bool = False
     writer: Any = None   # a TrackingWriter while a study runs (`start_writer`), else None
     run_ids: dict[str, str] = field(default_factory=dict)  # start_trial handle -> run id
+    _handles: Any = field(default_factory=itertools.count, repr=False)
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -235,7 +237,7 @@ class StudyTracker:
         stale = self.earlier.pop(trial.trial_id, None)
         if stale is not None and stale.mlflow_status == "RUNNING":
             self._on_run(stale.run_id, lambda: self._close_stale(stale.run_id), "close")
-        handle = f"pending-{trial.trial_id}-{len(self.run_ids)}-{id(tags)}"
+        handle = f"pending-{trial.trial_id}-{next(self._handles)}"
         attempts, start_time = [], int(time.time() * 1000)   # when the trial started
 
         def create() -> None:
