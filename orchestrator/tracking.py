@@ -314,9 +314,11 @@ class StudyTracker:
                 self.client.log_dict(run_id, probes, Artifact.PROBES)
             if error:
                 self.client.log_text(run_id, error, Artifact.ERROR)
+            # The status tag last: a run a rerun sees as done is closed too (a driver killed
+            # in between leaves it "running", and the rerun ends it again).
+            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
             all_tags = {Tag.STATUS: status, **(tags or {})}
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
 
         self._on_run(run_id, end, f"end ({status})")
 
