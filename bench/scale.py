@@ -23,14 +23,26 @@ Sections (`--sections`, default all that exist):
   written; target: >= 200/s, last within 20% of first), log_batch requests and reports
   per request, the most reports queued, the longest wait of a producer call; and, for `--tracking-sync-runs` runs, the old path (one
   synchronous log_batch per report) for the ratio.
-- (to come: `ray` - trials/min and overhead per trial through `resweep run`; `report` -
-  `resweep report` time.) A section is a function `section(args) -> dict` registered in
-  `SECTIONS`.
+  With PostgreSQL 15 binaries and psycopg2 on the machine (`--tracking-postgres`), the
+  server section runs again on a PostgreSQL backend (a throw-away cluster in the temp
+  folder, run as the `postgres` user, on a free 127.0.0.1 port).
+- `ray`: a `--ray-trials` N trial grid of the `mlp` toy (384 Fashion-MNIST images,
+  `--ray-epochs` E epochs: a fraction of a second each, so the run is mostly overhead) through `resweep run` on the
+  embedded Ray (2 slots on 2 cores), a fresh SQLite store: wall time, trials/min, the
+  driver's peak RSS, the start-up (launch to the first trial), the trials' own time (each run's start to end, as the driver saw
+  them; and the worker's training time), the orchestration overhead per trial = (wall x
+  slots - the trials' own time) / N (also from the first trial's start to the last
+  one's end: without the start-up), and each trial's wait for a slot (its start minus
+  when a slot last came free) at the 10th and at the last trials (medians over 20);
+  then `resweep report` of that study (wall time, peak RSS). Targets: overhead <= 1 s
+  per trial, the last trials' wait within 20% (or 0.1 s) of the 10th's, report <= 60 s.
+A section is a function `section(args) -> dict` registered in `SECTIONS`.
 
     python bench/scale.py                       # every section
     python bench/scale.py --sections plan --repeats 5
     python bench/scale.py --sections plan --baseline ../main   # before/after
     python bench/scale.py --sections tracking --tracking-runs 1000 --tracking-epochs 50
+    python bench/scale.py --sections ray --ray-trials 1000
 
 Nothing here is a timed test: the machine's load changes the numbers (reported as
 `load_average` before and after).
@@ -39,7 +51,6 @@ Nothing here is a timed test: the machine's load changes the numbers (reported a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -53,6 +64,7 @@ from typing import Callable
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout, without installing it
 RESWEEP = [sys.executable, "-c", "import sys; from orchestrator.cli import main; "
            "sys.exit(main(sys.argv[1:]))"]
 
@@ -62,12 +74,13 @@ RESWEEP = [sys.executable, "-c", "import sys; from orchestrator.cli import main;
 def run_measured(argv: list[str], cwd: Path, checkout: Path = REPO,
                  timeout: float | None = None) -> dict:
     """Run `resweep ARGV` (from `checkout`) in a child process: wall seconds and peak RSS
-    (MB) of that child alone (os.wait4's rusage, kilobytes on Linux); stdout is
+    (MB) of that child alone (os.wait4's rusage, kilobytes on Linux), and when it started
+    (seconds since the epoch, for comparing with MLflow's times); stdout is
     discarded. Past `timeout` seconds the child is killed: {"timed_out_after_s": ...}."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "CI": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         proc = subprocess.Popen(RESWEEP + argv, cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
         while True:   # reap it ourselves: wait4 gives this child's own rusage
@@ -85,7 +98,8 @@ def run_measured(argv: list[str], cwd: Path, checkout: Path = REPO,
             stderr.seek(0)
             raise SystemExit(f"resweep {' '.join(argv)} exited {proc.returncode}:\n"
                              + stderr.read().decode(errors="replace"))
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "started_at": started_at}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -168,157 +182,15 @@ def _plan_times(checkout: Path, repeats: int, timeout: float | None) -> dict:
     return out
 
 
-# ---- tracking -------------------------------------------------------------------------
-
-REPORT_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_error", "val_loss",
-               "val_error", "test_loss", "test_error", "images_per_s", "elapsed_s")
-
-
-def tracking_section(args) -> dict:
-    """See module docstring: SQLite directly, then through `mlflow server`."""
-    from orchestrator.tracking import open_client
-
-    out: dict = {"runs": args.tracking_runs, "epochs": args.tracking_epochs,
-                 "concurrent": args.tracking_concurrent, "metrics_per_report": len(REPORT_KEYS),
-                 "offered_reports_per_s": args.tracking_rate or "unpaced"}
-    with tempfile.TemporaryDirectory(prefix="resweep-tracking-") as tmp:
-        folder = Path(tmp)
-        client = open_client(f"sqlite:///{folder / 'direct.db'}")
-        out["sqlite"] = _tracking_rates(client, args)
-        with _mlflow_server(folder) as url:
-            out["mlflow_server"] = _tracking_rates(open_client(url), args)
-    return out
-
-
-def _tracking_rates(client, args) -> dict:
-    from orchestrator.tracking_writer import TrackingWriter
-
-    n, epochs, slots = args.tracking_runs, args.tracking_epochs, args.tracking_concurrent
-    experiment = client.create_experiment(f"bench-{time.time_ns()}")
-    started = time.perf_counter()
-    runs = [client.create_run(experiment, run_name=f"t{i}").info.run_id for i in range(n)]
-    result: dict = {"run_creates_per_s": round(n / (time.perf_counter() - started), 1)}
-
-    done_at: dict[str, float] = {}   # run id -> when its last epoch was written
-    log_batch = client.log_batch
-
-    def timed_log_batch(run_id, metrics=(), **kwargs):
-        log_batch(run_id, metrics=metrics, **kwargs)
-        if any(m.step == epochs for m in metrics):
-            done_at[run_id] = time.perf_counter()
-
-    client.log_batch = timed_log_batch        # this client only, for this measurement
-    writer = TrackingWriter(client)
-    longest_wait, most_queued = 0.0, 0
-    pace = 1.0 / args.tracking_rate if args.tracking_rate else 0.0
-    started = next_at = time.perf_counter()
-    for first in range(0, n, slots):           # K trials side by side, one epoch each in turn
-        wave = runs[first:first + slots]
-        for epoch in range(1, epochs + 1):
-            for index, run_id in enumerate(wave):
-                if pace:
-                    next_at += pace
-                    time.sleep(max(0.0, next_at - time.perf_counter()))
-                metrics = {k: epoch + i / 100 + index / 1e4 for i, k in enumerate(REPORT_KEYS)}
-                call = time.perf_counter()
-                writer.log_epoch(run_id, metrics, epoch, {"resweep.last_epoch": str(epoch)})
-                longest_wait = max(longest_wait, time.perf_counter() - call)
-                most_queued = max(most_queued, writer.backlog)
-        for run_id in wave:                    # the trial's end, after its epochs
-            writer.call(run_id, lambda rid=run_id: client.set_terminated(rid), "end")
-    assert writer.close(timeout=3600) and not writer.rejected, writer.rejected
-    total = time.perf_counter() - started
-    client.log_batch = log_batch
-    ends = sorted(done_at.values())
-    tenth = max(1, n // 10)
-    first_rate = tenth * epochs / (ends[tenth - 1] - started)
-    last_rate = (tenth * epochs / (ends[-1] - ends[n - tenth - 1]) if n > tenth
-                 else first_rate)
-    result.update({
-        "reports": n * epochs, "seconds": round(total, 2),
-        "reports_per_s": round(n * epochs / total, 1),
-        "reports_per_s_first_10pct_runs": round(first_rate, 1),
-        "reports_per_s_last_10pct_runs": round(last_rate, 1),
-        "last_over_first": round(last_rate / first_rate, 3),
-        "log_batch_requests": writer.requests - n,
-        "reports_per_log_batch": round(n * epochs / max(1, writer.requests - n), 2),
-        "most_queued": most_queued,
-        "longest_producer_wait_ms": round(1000 * longest_wait, 2),
-        "targets_met": {"reports_per_s>=200": min(first_rate, last_rate) >= 200,
-                        "last_within_20pct_of_first": last_rate >= 0.8 * first_rate}})
-    if args.tracking_sync_runs:
-        result["synchronous"] = _synchronous_rate(client, experiment, args)
-        result["writer_over_synchronous"] = round(
-            result["reports_per_s"] / result["synchronous"]["reports_per_s"], 1)
-    return result
-
-
-def _synchronous_rate(client, experiment: str, args) -> dict:
-    """The old path: one log_batch per report on the caller's thread (`StudyTracker.log_epoch`
-    without a writer), for `--tracking-sync-runs` more runs of the same store."""
-    from orchestrator.tracking import StudyTracker
-
-    tracker = StudyTracker(client, "", experiment)
-    n = args.tracking_sync_runs
-    runs = [client.create_run(experiment, run_name=f"sync{i}").info.run_id for i in range(n)]
-    started = time.perf_counter()
-    for run_id in runs:
-        for epoch in range(1, args.tracking_epochs + 1):
-            metrics = {k: epoch + i / 100 for i, k in enumerate(REPORT_KEYS)}
-            tracker.log_epoch(run_id, metrics, epoch, {"resweep.last_epoch": str(epoch)})
-    seconds = time.perf_counter() - started
-    return {"runs": n, "reports": n * args.tracking_epochs,
-            "reports_per_s": round(n * args.tracking_epochs / seconds, 1)}
-
-
-@contextlib.contextmanager
-def _mlflow_server(folder: Path):
-    """`mlflow server` on a free 127.0.0.1 port, SQLite backend, proxied artifacts, in its
-    own session (it forks helpers: the whole group is stopped)."""
-    import signal
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(folder / "mlflow-server.log", "wb")
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("mlflow server did not start:\n"
-                                     + (folder / "mlflow-server.log").read_text()[-2000:])
-                time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
 # ---- the sections ---------------------------------------------------------------------
+
+from bench.scale_ray import ray_section  # noqa: E402 (they use the helpers above)
+from bench.scale_tracking import tracking_section  # noqa: E402
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "plan": plan_section,
     "tracking": tracking_section,
-    # "ray": ray_section,             # issue 13 item 3 (to come)
+    "ray": ray_section,
 }
 
 
@@ -343,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
                         "0: unpaced, all at once: the writer's capacity)")
     parser.add_argument("--tracking-sync-runs", type=int, default=10, metavar="N",
                         help="tracking: runs through the old synchronous path (0: none)")
+    parser.add_argument("--tracking-postgres", action=argparse.BooleanOptionalAction,
+                        default=True, help="tracking: also a server on PostgreSQL (default: "
+                        "where PostgreSQL 15 and psycopg2 are installed)")
+    parser.add_argument("--ray-trials", type=int, default=1000, metavar="N",
+                        help="ray: trials of the tiny study (default 1000; a multiple of 5)")
+    parser.add_argument("--ray-epochs", type=int, default=3, metavar="E",
+                        help="ray: epochs per trial (default 3)")
+    parser.add_argument("--ray-timeout", type=float, default=3600.0, metavar="S",
+                        help="ray: kill the `resweep run` after S seconds (default 3600)")
     args = parser.parse_args(argv)
     result: dict = {"load_average_before": [round(x, 2) for x in os.getloadavg()],
                     "cpus": os.cpu_count(), "python": sys.version.split()[0]}

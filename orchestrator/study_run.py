@@ -107,7 +107,7 @@ def plan_grid(study, tracker, max_concurrent: int | None) -> RunPlan:
             continue
         epoch_cost[trial.name] = trial_work(study, trial) / (trial.train.epochs or 1)
         earlier = tracker.resumable(trial.trial_id)
-        resume_from = earlier.checkpoint if earlier is not None else None
+        resume_from = earlier.resume_from if earlier is not None else None
         continued += bool(resume_from)
         configs.append(trial_envelope(trial, resume_from=resume_from))
     metric, mode = DEFAULT_METRIC
@@ -136,14 +136,14 @@ def plan_search(study, tracker, max_concurrent: int | None) -> RunPlan:
     known = {tid: run.metrics.get(settings.metric) for tid, run in done_runs.items()}
     resumable = {tid: tracker.resumable(tid) for tid in tracker.earlier}
     resumable = {tid: run for tid, run in resumable.items()
-                 if run is not None and run.checkpoint and run.search_params}
+                 if run is not None and run.resume_from and run.search_params}
     optuna = make_optuna_searcher(
         search_space(study), algorithm=settings.algorithm, metric=settings.metric,
         mode=settings.mode, seed=settings.seed, evaluated=evaluated,
         first=[run.search_params for run in resumable.values()])
     searcher = TrialResolvingSearcher(
         optuna, lambda params: trial_from_params(study, params, seed), known_values=known,
-        resume_from={tid: run.checkpoint for tid, run in resumable.items()})
+        resume_from={tid: run.resume_from for tid, run in resumable.items()})
     limit = max_concurrent or settings.max_concurrent
     epochs = study_epochs(study)
     scheduler = make_scheduler(settings.scheduler, metric=settings.metric,
@@ -192,13 +192,13 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     from analysis.store import default_tracking_uri, sqlite_path
     from orchestrator.tracking import StudyTracker
 
-    from orchestrator.tracking_writer import flush_timeout
+    from orchestrator.tracking_writer import flush_timeout, hold_after
 
     out = out or sys.stdout
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=out, flush=True))
     started = time.monotonic()
     study = load_study(options.study_path, options.overrides)
-    flush_timeout()  # a bad $RESWEEP_TRACKING_FLUSH_TIMEOUT fails before anything starts
+    flush_timeout(), hold_after()  # a bad value fails before anything starts
     tracking_uri = options.tracking_uri or default_tracking_uri()
     make_plan = plan_search if study.design == "search" else plan_grid
     db = sqlite_path(tracking_uri)
@@ -270,7 +270,7 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
             run_tune(job, callbacks)
     except KeyboardInterrupt:
         _close_interrupted(tracker, logger)
-        if not _close_writer(tracker, options):
+        if not _close_writer(tracker, options, logger):
             return EXIT_FAILED
         tracker.end_study(INTERRUPTED, _summary_tags(logger, plan.mode))
         print(f"\nresweep run: interrupted; {_count(logger, 'done')} trials finished in this "
@@ -279,12 +279,12 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
         return EXIT_INTERRUPTED
     except BaseException:
         _close_interrupted(tracker, logger)
-        if _close_writer(tracker, options):
+        if _close_writer(tracker, options, logger):
             tracker.end_study(FAILED, _summary_tags(logger, plan.mode))
         raise
     # Trials Tune never finished (e.g. the searcher ran out of proposals mid-trial).
     _close_interrupted(tracker, logger)
-    if not _close_writer(tracker, options):
+    if not _close_writer(tracker, options, logger):
         return EXIT_FAILED
     failed = [o for o in logger.outcomes.values() if o.status == FAILED]
     tracker.end_study(FAILED if failed or writer.rejected else FINISHED,
@@ -295,9 +295,10 @@ def _execute(options, study, tracker, plan, storage, experiment_name, out, say,
     return EXIT_FAILED if failed or writer.rejected else EXIT_OK
 
 
-def _close_writer(tracker, options) -> bool:
+def _close_writer(tracker, options, logger) -> bool:
     """Write what is still queued, waiting at most $RESWEEP_TRACKING_FLUSH_TIMEOUT s (a
-    second Ctrl-C stops the wait). False, with a message, when the store did not take it:
+    second Ctrl-C stops the wait); then the outcomes name their runs' ids (trial starts
+    were queued too). False, with a message, when the store did not take it:
     the caller exits 1 and leaves the parent run open for the rerun that records the rest
     (the trials left incomplete continue from their last recorded checkpoint, or again)."""
     from orchestrator.tracking_writer import FLUSH_TIMEOUT_ENV, flush_timeout
@@ -305,11 +306,13 @@ def _close_writer(tracker, options) -> bool:
     writer, wait_s = tracker.writer, flush_timeout()
     try:
         if writer.flush(min(2.0, wait_s)):
+            logger.resolve_run_ids()
             return tracker.close_writer(0)
         print(f"resweep run: writing {writer.backlog} queued results to MLflow "
               f"({tracker.tracking_uri}); waiting up to {wait_s:g} s (${FLUSH_TIMEOUT_ENV})",
               file=sys.stderr, flush=True)
         if tracker.close_writer(max(0.0, wait_s - 2.0)):
+            logger.resolve_run_ids()
             return True
     except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
         tracker.writer = None

@@ -8,19 +8,23 @@ per trial, named after it (Tag.KIND = trial; params = the flattened TrialConfig;
 step = epoch; artifacts trial.json and probes.json).
 
 Only the driver writes (one process, so a SQLite store has a single writer). During a
-study (`start_writer`) epoch results and trial ends go through the background
-`orchestrator.tracking_writer.TrackingWriter` (queued, coalesced into few `log_batch`
-requests, retried, in order per run), so Tune's loop never waits on the store; without a
-writer each call is one synchronous request.
+study (`start_writer`) everything about a trial (its start, epochs, tags, end) goes
+through the background `orchestrator.tracking_writer.TrackingWriter` (queued, coalesced
+into few `log_batch` requests, retried, in order per run), so Tune's loop never waits on
+the store and only the writer's thread uses the client; `start_trial` then returns a
+handle that the writer binds to the run id once the run exists (`run_id(handle)`).
+Without a writer each call is one synchronous request and the handle is the run id.
 
 Reruns (a killed driver, `--resume`, an extended study) follow these rules:
 - a trial whose trial_id has a child run with resweep.status in DONE_STATUSES
   (`workers.results`) is skipped;
 - a trial whose latest child run was interrupted (left RUNNING by a killed driver, or
-  KILLED by Ctrl-C) and whose last checkpoint still exists is *continued in that run*: it
-  resumes from the checkpoint, logs only the epochs after it and moves under the current
-  parent, so each trial keeps its whole history in one run (an interrupted run that had
-  logged no epoch yet is reused too, the trial starting afresh);
+  KILLED by Ctrl-C) and that has a checkpoint is *continued in that run*: it resumes from
+  its newest checkpoint, the epochs up to it that the killed driver never wrote are
+  backfilled from the checkpoint's history (`orchestrator.tracking_resume`), only later
+  epochs are logged, and the run moves under the current parent, so each trial keeps its
+  whole history, every epoch once, in one run (an interrupted run that had logged no
+  epoch yet is reused too, the trial starting afresh);
 - otherwise (failed, or its checkpoint is gone) the old run is closed (KILLED, interrupted) if
   still open and the trial starts afresh in a new child run;
 - the parent run is reused when the previous `resweep run` of the same study did not
@@ -30,8 +34,8 @@ Reruns (a killed driver, `--resume`, an extended study) follow these rules:
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -43,6 +47,8 @@ from typing import Any
 from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, Artifact, Kind, Tag, kind_filter,
                             search_all_runs, sqlite_path)
 from models.config import ConfigError
+from orchestrator.tracking_resume import ResumePoint, resume_point, write_backfill
+from orchestrator.tracking_store import open_client
 from workers.config import TrialConfig
 from workers.results import DONE_STATUSES, INTERRUPTED, RUNNING
 
@@ -75,87 +81,6 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def answering_tracking_uri(option_value: str | None) -> str:
-    """The store a command uses: --tracking-uri, else $MLFLOW_TRACKING_URI, else
-    ./mlflow.db; a tracking server among them is asked first (`check_tracking_server`
-    within $RESWEEP_CONNECT_TIMEOUT), naming the option or variable the URI came from.
-    run, report and ui call this before they open or create anything."""
-    from analysis.store import default_tracking_uri
-    from orchestrator.arg_types import connect_timeout
-
-    from_env = not option_value and os.environ.get("MLFLOW_TRACKING_URI")
-    tracking_uri = option_value or default_tracking_uri()
-    check_tracking_server(tracking_uri, connect_timeout(),
-                          "$MLFLOW_TRACKING_URI" if from_env else "--tracking-uri")
-    return tracking_uri
-
-
-def check_tracking_server(tracking_uri: str, timeout_s: float,
-                          option: str = "--tracking-uri") -> None:
-    """Raise ConfigError, saying what to check, when an http(s) tracking URI has no server
-    answering within `timeout_s` (one GET of /health; MLflow's own client would retry for
-    about four minutes). Any HTTP answer passes (a 401 or a proxy's 404: MLflow's first
-    request says more), and so do TLS errors (certificates are MLflow's settings)."""
-    import ssl
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    if not tracking_uri.lower().startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        if isinstance(reason, ssl.SSLError):
-            return
-        if isinstance(reason, ConnectionRefusedError):
-            why = "connection refused: nothing listens on that port"
-        elif isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            why = f"no answer within {timeout_s:g} s"
-        else:
-            why = str(reason)[:200]
-    where = urllib.parse.urlsplit(tracking_uri).netloc or tracking_uri
-    raise ConfigError(
-        f"{option}: no MLflow tracking server answers at {tracking_uri} ({why}); check "
-        f"that `mlflow server` is running and listening on {where} (and, from another "
-        "machine, started with --host 0.0.0.0), or use a local store (sqlite:///PATH.db); "
-        f"on a slow network raise $RESWEEP_CONNECT_TIMEOUT (now {timeout_s:g} s)")
-
-
-def open_client(tracking_uri: str):
-    """A client on the store, created and upgraded now, before any trial writes.
-
-    For SQLite this runs MLflow's migrations once in this process (several processes
-    migrating a fresh store at once fail). A tracking server that does not answer is a
-    ConfigError naming the URI: an http(s) server is asked first, within
-    $RESWEEP_CONNECT_TIMEOUT (`check_tracking_server`), so the run fails in seconds, not
-    after MLflow's retries; those stay as they are for everything after (a server that
-    goes away mid-study is waited for)."""
-    from orchestrator.arg_types import connect_timeout
-
-    check_tracking_server(tracking_uri, connect_timeout())
-    # MLflow prints a "View run ... at" line per finished run against a server; the
-    # progress display and the summary already say where the runs are.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    from mlflow.tracking import MlflowClient
-
-    db = sqlite_path(tracking_uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.search_experiments(max_results=1)  # creates/upgrades the schema, or connects
-    except Exception as err:  # noqa: BLE001 - MLflow raises many types for a bad store
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--tracking-uri: cannot open the MLflow store {tracking_uri!r}: "
-                          f"{first[:300]}") from None
-    return client
-
-
 @dataclass
 class ChildRun:
     """What an earlier `resweep run` left for one trial_id (the newest child run)."""
@@ -167,6 +92,13 @@ class ChildRun:
     last_epoch: int          # Tag.LAST_EPOCH: the last epoch whose metrics are logged
     search_params: dict | None = None      # Tag.SEARCH_PARAMS: Optuna's proposal
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+    resume: ResumePoint | None = None   # where it continues (`StudyTracker.resumable`)
+    looked: bool = False                # resume is worked out (once: it reads storage)
+
+    @property
+    def resume_from(self) -> str | None:
+        """The checkpoint the trial continues from (None: it starts afresh)."""
+        return self.resume.checkpoint if self.resume is not None else None
 
 
 @dataclass
@@ -184,6 +116,8 @@ class StudyTracker:
     parent_run_name: str | None = None
     reused_parent: bool = False
     writer: Any = None   # a TrackingWriter while a study runs (`start_writer`), else None
+    run_ids: dict[str, str] = field(default_factory=dict)  # start_trial handle -> run id
+    _handles: Any = field(default_factory=itertools.count, repr=False)
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -267,46 +201,84 @@ class StudyTracker:
 
     # ---- child runs ----------------------------------------------------------------
     def resumable(self, trial_id: str) -> ChildRun | None:
-        """The interrupted run this trial continues in: one with a checkpoint that still
-        exists (resume from it), or one that logged no epoch yet (start it afresh)."""
+        """The interrupted run this trial continues in: one with a checkpoint (resume from
+        the newest, backfilling what the run lacks), or one that logged no epoch yet
+        (start it afresh)."""
         run = self.earlier.get(trial_id)
         if run is None or run.status not in (RUNNING, INTERRUPTED):
             return None
-        if run.last_epoch == 0:
-            return run
-        if run.checkpoint and checkpoint_exists(run.checkpoint):
-            return run
-        return None
+        if not run.looked:
+            run.looked = True
+            if run.checkpoint:
+                run.resume = resume_point(run.checkpoint, trial_id, run.last_epoch)
+        return run if run.resume is not None or run.last_epoch == 0 else None
+
+    def run_id(self, handle: str) -> str:
+        """The run id of a `start_trial` handle (bound once the writer created the run)."""
+        return self.run_ids.get(handle, handle)
 
     def start_trial(self, trial: TrialConfig, extra_tags: dict[str, str] | None = None
                     ) -> tuple[str, int]:
-        """The child run a trial logs to, and the last epoch already in it.
+        """A handle of the child run the trial logs to, and the last epoch already in it.
 
         Continues an interrupted run that has a checkpoint (see module docstring), else
-        closes any open earlier run and creates a new one with params and trial.json."""
-        from mlflow.entities import Param, RunTag
-
+        closes any open earlier run and creates a new one with params and trial.json; on
+        the writer, queued (the handle is bound to the run id when the run exists)."""
         tags = {Tag.KIND: Kind.TRIAL, Tag.TRIAL_ID: trial.trial_id, Tag.NAME: trial.name,
                 Tag.SEED: str(trial.seed), Tag.STUDY: trial.study, Tag.STATUS: RUNNING,
                 Tag.PARENT_RUN_ID: self.parent_run_id, **(extra_tags or {})}
         earlier = self.resumable(trial.trial_id)
         if earlier is not None:
-            self.client.update_run(earlier.run_id, status="RUNNING")
-            self.client.log_batch(earlier.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.earlier.pop(trial.trial_id)
-            return earlier.run_id, earlier.last_epoch
+            self._on_run(earlier.run_id, lambda: self._continue_run(earlier, tags), "resume")
+            return earlier.run_id, max(earlier.last_epoch,
+                                       earlier.resume.last_epoch if earlier.resume else 0)
 
         stale = self.earlier.pop(trial.trial_id, None)
         if stale is not None and stale.mlflow_status == "RUNNING":
-            self.client.set_tag(stale.run_id, Tag.STATUS, INTERRUPTED)
-            self.client.set_terminated(stale.run_id, status=MLFLOW_STATUS[INTERRUPTED])
-        run_id = self.client.create_run(self.experiment_id, run_name=trial.name,
-                                        tags=tags).info.run_id
+            self._on_run(stale.run_id, lambda: self._close_stale(stale.run_id), "close")
+        handle = f"pending-{trial.trial_id}-{next(self._handles)}"
+        attempts, start_time = [], int(time.time() * 1000)   # when the trial started
+
+        def create() -> None:
+            attempts.append(1)
+            run_id = self.run_ids.get(handle) or (len(attempts) > 1 and self._created(tags))
+            self.run_ids[handle] = run_id or self._create_run(trial, tags, start_time)
+        self._on_run(handle, create, f"start {trial.name}")
+        return self.run_id(handle), 0
+
+    def _continue_run(self, earlier: ChildRun, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.update_run(earlier.run_id, status="RUNNING")
+        self.client.log_batch(earlier.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if earlier.resume is not None:
+            write_backfill(self.client, earlier.run_id, earlier.resume)
+
+    def _close_stale(self, run_id: str) -> None:
+        self.client.set_tag(run_id, Tag.STATUS, INTERRUPTED)
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS[INTERRUPTED])
+
+    def _created(self, tags: dict[str, str]) -> str | None:
+        """A run an earlier try of this start created before its answer was lost (found
+        by its parent and Tune trial id), so a retry does not create a second one."""
+        if Tag.TUNE_TRIAL not in tags:
+            return None
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{Tag.TUNE_TRIAL}` = '{tags[Tag.TUNE_TRIAL]}' and "
+            f"tags.`{Tag.PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def _create_run(self, trial: TrialConfig, tags: dict[str, str], start_time: int) -> str:
+        from mlflow.entities import Param
+
+        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags,
+                                        start_time=start_time).info.run_id
         params = [Param(k, v) for k, v in trial_params(trial).items()]
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
         self.client.log_dict(run_id, trial.to_dict(), Artifact.TRIAL)
-        return run_id, 0
+        return run_id
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int,
                   tags: dict[str, str]) -> None:
@@ -324,7 +296,8 @@ class StudyTracker:
 
     def set_trial_tag(self, run_id: str, key: str, value: str) -> None:
         """One tag on a child run (queued after its epochs on the writer)."""
-        self._on_run(run_id, lambda: self.client.set_tag(run_id, key, value), f"tag {key}")
+        self._on_run(run_id, lambda: self.client.set_tag(self.run_id(run_id), key, value),
+                     f"tag {key}")
 
     def end_trial(self, run_id: str, status: str, *, probes: dict | None = None,
                   tags: dict[str, str] | None = None, error: str | None = None) -> None:
@@ -333,16 +306,19 @@ class StudyTracker:
         the run's end time taken now, when the trial ended, not when the write got through."""
         end_time = int(time.time() * 1000)
 
-        def end() -> None:
+        def end(run_id: str = run_id) -> None:
             from mlflow.entities import RunTag
 
+            run_id = self.run_id(run_id)
             if probes:
                 self.client.log_dict(run_id, probes, Artifact.PROBES)
             if error:
                 self.client.log_text(run_id, error, Artifact.ERROR)
+            # The status tag last: a run a rerun sees as done is closed too (a driver killed
+            # in between leaves it "running", and the rerun ends it again).
+            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
             all_tags = {Tag.STATUS: status, **(tags or {})}
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-            self.client.set_terminated(run_id, status=MLFLOW_STATUS[status], end_time=end_time)
 
         self._on_run(run_id, end, f"end ({status})")
 
@@ -354,11 +330,12 @@ class StudyTracker:
 
     # ---- the writer ----------------------------------------------------------------
     def start_writer(self, **options) -> None:
-        """From now on epochs, trial ends and trial tags are queued on a background
+        """From now on trial starts, epochs, tags and ends are queued on a background
         writer (`orchestrator.tracking_writer`; options: its keyword arguments)."""
-        from orchestrator.tracking_writer import TrackingWriter
+        from orchestrator.tracking_writer import TrackingWriter, shorten_http_retries
 
-        self.writer = TrackingWriter(self.client, **options)
+        shorten_http_retries()
+        self.writer = TrackingWriter(self.client, resolve=self.run_id, **options)
 
     def close_writer(self, timeout: float | None) -> bool:
         """Write what is queued, waiting at most `timeout` seconds; later calls write
@@ -376,18 +353,3 @@ class StudyTracker:
         self.client.log_batch(self.parent_run_id,
                               tags=[RunTag(k, v) for k, v in all_tags.items()])
         self.client.set_terminated(self.parent_run_id, status=MLFLOW_STATUS[status])
-
-
-def checkpoint_exists(path: str) -> bool:
-    """Whether a checkpoint directory (local path or storage URI) is still there."""
-    import pyarrow.fs
-
-    try:
-        fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
-    except (pyarrow.ArrowInvalid, ValueError):
-        fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(path)
-    try:
-        return fs.get_file_info(fs_path).type == pyarrow.fs.FileType.Directory
-    except OSError:
-        return False
-

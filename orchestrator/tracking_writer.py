@@ -20,6 +20,12 @@ and MLflow's store drops a metric row it already holds, so a request that reache
 store before its answer was lost is not recorded twice. A request the store rejects
 (an HTTP 4xx: a deleted run, a bad value) is not retried: it is listed in `rejected`.
 
+Items are queued under a key: a run id, or a handle that a queued call binds to the run id
+once it has created the run (`resolve(key)` -> run id, given by `StudyTracker`), so even a
+trial's start never waits on the store. MLflow's own retries inside one HTTP request
+(minutes with its defaults) are shortened (`shorten_http_retries`, unless set): the writer
+retries itself, and notices a server that is back within `retry_max_s`.
+
 `backlog` (items not yet written) and `retrying` (a write failed and waits to be retried,
 or one has been in flight for over `stall_s` seconds, i.e. inside MLflow's retries) are
 for the progress line.
@@ -27,10 +33,12 @@ for the progress line.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -40,6 +48,17 @@ MAX_TAGS_PER_BATCH = 100
 
 FLUSH_TIMEOUT_ENV = "RESWEEP_TRACKING_FLUSH_TIMEOUT"
 DEFAULT_FLUSH_TIMEOUT_S = 300.0
+# Test-only, for fault tests that kill a driver with results queued: "N:SENTINEL" makes
+# the writer hold back every epoch after N (of any run; the rest is written as usual)
+# until the file SENTINEL exists; when only held epochs are left it writes the number of
+# items queued (epochs, trial ends) into SENTINEL.held:
+# each run then has epochs 1..N in MLflow and the later ones pile up, as behind a store
+# that does not answer. Unset (always, outside tests): one environment lookup per write.
+HOLD_ENV = "RESWEEP_TEST_HOLD_WRITER"
+# MLflow's in-request retries for the driver's client (its defaults: 7 tries, factor 2,
+# about 4 minutes); the writer's own backoff takes over after them.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def flush_timeout() -> float:
@@ -50,6 +69,27 @@ def flush_timeout() -> float:
 
     return seconds_from_env(FLUSH_TIMEOUT_ENV, DEFAULT_FLUSH_TIMEOUT_S, high=86400,
                             zero_ok=True, what="the tracking store at the end of a run")
+
+
+def shorten_http_retries() -> None:
+    """Set HTTP_RETRIES in this process's environment, where the user set none (MLflow
+    reads them on each request)."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+def hold_after() -> tuple[int, Path] | None:
+    """(N, SENTINEL) of $RESWEEP_TEST_HOLD_WRITER (test-only; see HOLD_ENV), or None."""
+    from models.config import ConfigError
+
+    value = os.environ.get(HOLD_ENV)
+    if not value:
+        return None
+    epoch, _, sentinel = value.partition(":")
+    if not epoch.isdigit() or not sentinel:
+        raise ConfigError(f"${HOLD_ENV} (test-only): expected N:SENTINEL with N >= 0, "
+                          f"got {value!r}")
+    return int(epoch), Path(sentinel)
 
 
 @dataclass
@@ -71,12 +111,14 @@ class _Call:
 
 
 class TrackingWriter:
-    """See module docstring. client: an MlflowClient (only this thread writes through it
-    while the writer runs, except trial starts, which Tune needs the run id of at once)."""
+    """See module docstring. client: an MlflowClient (only this thread uses it while the
+    writer runs); resolve: key -> run id (default: keys are run ids)."""
 
     def __init__(self, client, *, max_backlog: int = 20_000, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 30.0, stall_s: float = 10.0, start: bool = True):
+                 retry_max_s: float = 30.0, stall_s: float = 10.0, start: bool = True,
+                 resolve: Callable[[str], str] | None = None):
         self.client = client
+        self.resolve = resolve or (lambda key: key)
         self.max_backlog = max_backlog
         self.retry_initial_s, self.retry_max_s, self.stall_s = retry_initial_s, retry_max_s, stall_s
         self.requests = 0                  # write requests sent (log_batch, calls), tries included
@@ -165,19 +207,34 @@ class TrackingWriter:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._ops and not self._closing:
-                    self._cond.wait()
-                if not self._ops or self._abandoned:
-                    return
-                run_id = next(iter(self._ops))
+                while True:
+                    if self._abandoned or (not self._ops and self._closing):
+                        return
+                    hold = hold_after()   # None but in fault tests
+                    run_id = self._next_run(hold)
+                    if run_id is not None:
+                        break
+                    self._cond.wait(0.05 if self._ops else None)
                 queue = self._ops.pop(run_id)
-                unit = _take(queue)
+                unit = _take(queue, hold[0] if hold and not hold[1].exists() else None)
                 if queue:
                     self._ops[run_id] = queue   # back at the end: runs take turns
             self._write(run_id, unit)
             with self._cond:
                 self._backlog -= len(unit) if isinstance(unit, list) else 1
                 self._cond.notify_all()
+
+    def _next_run(self, hold: tuple[int, Path] | None) -> str | None:
+        """The next run to write for (in turn), or None: nothing queued, or (fault tests)
+        every queue starts with an epoch that HOLD_ENV holds back."""
+        for run_id, queue in self._ops.items():
+            head = queue[0]
+            if (hold is None or hold[1].exists() or not isinstance(head, _Report)
+                    or head.step <= hold[0]):
+                return run_id
+        if self._ops:   # the cue of a fault test: how much is queued
+            Path(f"{hold[1]}.held").write_text(f"{self._backlog}\n")
+        return None
 
     def _write(self, run_id: str, unit) -> None:
         """Write one unit (a list of reports, or a call) until it is done or rejected."""
@@ -186,7 +243,7 @@ class TrackingWriter:
             self._in_flight_since = time.monotonic()
             try:
                 if isinstance(unit, list):
-                    self._log_reports(run_id, unit)
+                    self._log_reports(self.resolve(run_id), unit)
                 else:
                     self.requests += 1
                     unit.fn()
@@ -197,7 +254,7 @@ class TrackingWriter:
                 if _rejected(err):
                     what = (f"epochs {unit[0].step}..{unit[-1].step}"
                             if isinstance(unit, list) else unit.what)
-                    self.rejected.append(f"run {run_id}, {what}: {self.last_error}")
+                    self.rejected.append(f"run {self.resolve(run_id)}, {what}: {self.last_error}")
                     self._failing = False
                     return
                 self._failing = True
@@ -227,14 +284,16 @@ def _closed_writer(client, max_backlog, retry_initial_s, retry_max_s, stall_s):
                           retry_max_s=retry_max_s, stall_s=stall_s, start=False)
 
 
-def _take(queue: deque):
+def _take(queue: deque, up_to_step: int | None = None):
     """The head of a run's queue as one unit: a call, or the leading reports that fit in
-    one request (always at least one)."""
+    one request (always at least one; none past `up_to_step`: HOLD_ENV)."""
     if isinstance(queue[0], _Call):
         return queue.popleft()
     reports, n_metrics, tag_keys = [], 0, set()
     while queue and isinstance(queue[0], _Report):
         head = queue[0]
+        if up_to_step is not None and head.step > up_to_step:
+            break
         keys = tag_keys | head.tags.keys()
         if reports and (n_metrics + len(head.metrics) > MAX_METRICS_PER_BATCH
                         or len(keys) > MAX_TAGS_PER_BATCH):

@@ -3,7 +3,8 @@
 Workers never talk to MLflow: they `tune.report` per epoch, and `MlflowTrialLogger`
 (running in the driver) hands each result to the tracker, which queues it for the trial's
 child run on the background writer (`orchestrator.tracking_writer`: Tune's loop does not
-wait on the store; a trial's end is written after all its epochs). A trial restarted after its worker died, or continued after a killed driver,
+wait on the store, not even to create a trial's run; a trial's end is written after all
+its epochs). A trial restarted after its worker died, or continued after a killed driver,
 resumes from its last checkpoint; results at or below the last logged epoch are dropped
 (and counted), so MLflow never holds an epoch twice.
 """
@@ -40,7 +41,7 @@ class Outcome:
     name: str
     trial_id: str
     status: str                 # one of workers.results.END_STATUSES
-    run_id: str | None
+    run_id: str | None          # the tracker's handle until `resolve_run_ids`
     value: float | None = None  # the study metric in the trial's last result
     error: str | None = None
 
@@ -87,7 +88,7 @@ class MlflowTrialLogger(Callback):
         self.tracker = tracker
         self.storage_root = storage_root.rstrip("/")
         self.metric = metric
-        self.runs: dict[str, str] = {}          # Tune trial id -> MLflow run id
+        self.runs: dict[str, str] = {}          # Tune trial id -> run handle (tracker)
         self.last_epoch: dict[str, int] = {}    # Tune trial id -> last epoch in MLflow
         self.dropped: dict[str, int] = {}       # Tune trial id -> duplicate results dropped
         self.outcomes: dict[str, Outcome] = {}  # Tune trial id -> how it ended
@@ -142,6 +143,13 @@ class MlflowTrialLogger(Callback):
         error = error_text(trial) or "the trial failed (no error text recorded)"
         self._end(trial, FAILED, error=str(error),
                   value=metric_value(trial.last_result or {}, self.metric))
+
+    def resolve_run_ids(self) -> None:
+        """The outcomes' run handles -> MLflow run ids (once the writer has written the
+        trial starts; `StudyTracker.run_id`)."""
+        for outcome in self.outcomes.values():
+            if outcome.run_id is not None:
+                outcome.run_id = self.tracker.run_id(outcome.run_id)
 
     # helpers ------------------------------------------------------------------------
     def _end(self, trial, status: str, *, probes=None, value=None, error=None) -> None:

@@ -28,12 +28,9 @@ Checkpoints, at each epoch end: one file, `<checkpoint_dir>/checkpoint.pt`, writ
 atomically. It holds everything a resumed trial needs to continue exactly like an
 uninterrupted one: model and optimizer state, the data generator (shuffling +
 augmentation), torch's global RNG states, the warm-up state (the lr itself is a function
-of the iteration), epoch, iteration, elapsed time and the metrics history.
-
-Writing goes to a temporary file in the same directory, is flushed to disk, then
-`os.replace`d over the old one, so a crash mid-write leaves the previous checkpoint
-intact. A checkpoint that cannot be read, or belongs to another trial, is reported with
-a warning, set aside as `checkpoint.pt.corrupt`, and the trial starts from scratch.
+of the iteration), epoch, iteration, elapsed time and the metrics history; next to it,
+`history.json` holds that history alone, for the driver. The files, how they are written
+and what an unreadable one means: `workers.checkpoints`.
 """
 
 from __future__ import annotations
@@ -42,7 +39,6 @@ import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +50,8 @@ import torch
 
 from models import build_model, count_macs, count_params, gradient_norms, layer_responses
 from models.config import ConfigError
+from workers.checkpoints import (CheckpointWarning, checkpoint_file, load_checkpoint,
+                                 save_checkpoint, save_history)
 from workers.config import TrialConfig, data_config_problems, train_config_problems
 from workers.data import TrialData, load_data
 from workers.engine import (TrainStep, evaluate, make_train_step, pick_device,
@@ -74,8 +72,6 @@ PROBE_IMAGES = 256
 # while it waits. Unset (always, outside tests): one environment lookup per trial.
 PAUSE_ENV = "RESWEEP_TEST_PAUSE_AFTER_EPOCH"
 DIVERGENCE_CHECK_EVERY = 50   # steps between host reads of the running loss
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1            # of the checkpoint file
 
 
 @dataclass
@@ -125,11 +121,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- the checkpoint file --------------------------------------------------------------
-
-class CheckpointWarning(RuntimeWarning):
-    """A checkpoint was found but not used; the trial restarts from scratch."""
-
+# ---- the test-only pause --------------------------------------------------------------
 
 def _pause_after_epoch(trial_name: str) -> tuple[int, Path] | None:
     """(N, SENTINEL) of $RESWEEP_TEST_PAUSE_AFTER_EPOCH when it applies to this trial."""
@@ -149,53 +141,6 @@ def _wait_for_file(sentinel: Path) -> None:
         Path(f"{sentinel}.paused").touch()
         while not sentinel.exists():
             time.sleep(0.1)
-
-
-def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
-    return Path(checkpoint_dir) / CHECKPOINT_NAME
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically (temp file + fsync + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _set_aside(path: Path, reason: str) -> None:
-    warnings.warn(f"checkpoint {path}: {reason}; the trial starts from scratch "
-                  f"(the file is kept as {path.name}.corrupt)", CheckpointWarning, stacklevel=3)
-    try:
-        os.replace(path, path.with_name(path.name + ".corrupt"))
-    except OSError:
-        pass
-
-
-def load_checkpoint(path: Path, trial_id: str) -> dict[str, Any] | None:
-    """The saved state of trial `trial_id`, or None when there is none to resume from."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, garbage, wrong pickle: all mean "cannot resume"
-        _set_aside(path, f"unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-        return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        _set_aside(path, "not a resweep checkpoint of format "
-                         f"{FORMAT_VERSION}")
-        return None
-    if state.get("trial_id") != trial_id:
-        _set_aside(path, f"belongs to trial {state.get('trial_id')!r}, not {trial_id!r}")
-        return None
-    return state
 
 
 # ---- the trial ------------------------------------------------------------------------
@@ -342,6 +287,8 @@ class _Trial:
             p.history.append(metrics)
             checkpoint = None
             if finite and self.checkpoint_path is not None:
+                save_history(self.checkpoint_path.parent, self.config.trial_id, p.history,
+                             final=p.epoch == self.total_epochs)
                 save_checkpoint(self.checkpoint_path, self._state())
                 checkpoint = str(self.checkpoint_path)
             if not finite or p.epoch == self.total_epochs:

@@ -55,7 +55,7 @@ def main(args) -> int:
     from analysis.report import (build_report, format_claims_text, log_report, onset_lines,
                                  runs_view_url, ui_base_url)
     from analysis.runs import load_study_runs, resolve_study
-    from orchestrator.tracking import answering_tracking_uri
+    from orchestrator.tracking_store import answering_tracking_uri
 
     name, study_file = resolve_study(args.study)
     tracking_uri = answering_tracking_uri(args.tracking_uri)

@@ -89,7 +89,7 @@ def _check_services(args) -> None:
 
     from orchestrator.arg_types import connect_timeout
     from orchestrator.ray_session import check_ray_address
-    from orchestrator.tracking import answering_tracking_uri
+    from orchestrator.tracking_store import answering_tracking_uri
 
     answering_tracking_uri(args.tracking_uri)
     address = args.address or os.environ.get("RAY_ADDRESS")
@@ -123,7 +123,8 @@ def _done_earlier(study, tracking_uri: str | None) -> set[str] | None:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         return None  # opening it would create an empty store (and MLflow is not imported)
-    from orchestrator.tracking import StudyTracker, open_client
+    from orchestrator.tracking import StudyTracker
+    from orchestrator.tracking_store import open_client
 
     if open_client(uri).get_experiment_by_name(study.name) is None:
         return None

@@ -63,7 +63,7 @@ def main(args) -> int:
 
     from analysis.runs import find_experiment, open_store, resolve_study
     from analysis.store import list_experiments
-    from orchestrator.tracking import answering_tracking_uri
+    from orchestrator.tracking_store import answering_tracking_uri
 
     tracking_uri = answering_tracking_uri(args.tracking_uri)
     client = open_store(tracking_uri)
