@@ -6,7 +6,7 @@ fully-connected toy (`mlp`, ~0.1 s per epoch) where only bookkeeping is tested, 
 net of depth 8 at width x0.5 (`small_cnn`, ~1 s per epoch on one core) where a trial must
 still be running when a process is killed.
 
-`local_ray` is the session's one in-process Ray (2 CPUs) for the tests that call the
+`local_ray` is an in-process Ray (2 CPUs, one per module) for the tests that call the
 command in this process; `cluster` is the session's one `ray start --head` (token auth, 2 CPUs) for every test that
 runs `resweep run --address`; its Python cannot import this project (`project_free_python`),
 so drivers ship the code (`--ship-code`) as a cluster node without the project needs.
@@ -183,10 +183,12 @@ def resweep_on(cluster, run_in_subprocess, tmp_path):
     return start
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """An in-process local Ray for the session (2 CPUs; ~7 s to start): `resweep run`
-    called in this process finds it initialised and uses it as it is."""
+    """An in-process local Ray for a module (2 CPUs; ~7 s to start): `resweep run` called
+    in this process finds it initialised and uses it as it is. Per module, not per session:
+    while it is up every in-process `resweep run` uses it, --address or not (the tests of
+    an unreachable --address in other modules must not find it)."""
     import ray
 
     from orchestrator.ray_session import WORKER_ENV

@@ -1,6 +1,6 @@
 """`resweep run` on a real local Ray with real MLflow stores (SQLite and `mlflow server`).
 
-One Ray for the session (`local_ray`, started once, ~7 s); the command finds it initialised
+One Ray for the module (`local_ray`, started once, ~7 s); the command finds it initialised
 and uses it as it is. Trials train real networks on 1,024 Fashion-MNIST images.
 """
 
