@@ -251,13 +251,16 @@ def test_a_rerun_with_another_set_gets_a_new_parent(
     assert steps(uri, child.info.run_id, "train_error") == [1, 2]
 
 
-def test_a_driver_without_the_cluster_token_is_refused(
+def test_a_driver_with_another_token_is_refused(
         cluster, tmp_path, run_in_subprocess, write_study, mlp):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     study = write_study("no-token", space={"depth": [2]}, epochs=1, model=mlp)
-    assert "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ
+    # Token auth on, but not the cluster's token (set explicitly: an in-process Ray of an
+    # earlier test may have left RAY_AUTH_MODE and ~/.ray/auth_token in this session).
+    wrong = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
+    assert wrong["RAY_AUTH_TOKEN"] != cluster.env["RAY_AUTH_TOKEN"]
     driver = run_in_subprocess(["run", str(study), "--address", cluster.address,
-                                "--tracking-uri", uri, "--quiet"], tmp_path)
+                                "--tracking-uri", uri, "--quiet"], tmp_path, env=wrong)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 2, output
     assert f"the Ray cluster at '{cluster.address}' rejected this driver's authentication" \
