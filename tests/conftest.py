@@ -1,7 +1,9 @@
 """What the tests of several packages share, and a sandbox for the whole session.
 
-The sandbox (autouse, session): HOME, the calibration cache ($RESWEEP_CACHE_DIR) live in a
-temporary folder; $MLFLOW_TRACKING_URI and $RAY_ADDRESS are unset, so a developer's
+The sandbox (autouse, session): HOME, the calibration cache ($RESWEEP_CACHE_DIR) and the
+folder of test-only fault cues ($RESWEEP_TEST_FAULTS, read by every trial of every Ray
+started in the session) live in a temporary folder; $MLFLOW_TRACKING_URI and $RAY_ADDRESS
+are unset, so a developer's
 environment cannot point a test at a real store or cluster; the checkout's root comes first
 on $PYTHONPATH, so subprocesses (`resweep`, `ray start`, Ray workers) run this checkout's
 code, not whatever the venv's editable install points at.
@@ -9,10 +11,13 @@ code, not whatever the venv's editable install points at.
 Fixtures that hand out a helper (a function or a class) are session-scoped, so module-
 scoped fixtures can use them too:
 
-    free_port()                                   a TCP port nothing listens on
+    free_port()                                   a TCP port nothing listens on, never
+                                                  handed out before in this session
     wait_for(predicate, timeout, interval, what)  poll until truthy, else TimeoutError
     kill_group(process, sig, grace_s)             signal a start_new_session process group
-    ray_head(workdir, num_cpus=2, env=None)       `with` a token-authenticated `ray start --head`
+    ray_head(workdir, num_cpus=2, env=None, python=None)
+                                                  `with` a token-authenticated `ray start --head`
+    faults                                        cue files of workers.faults (pause, die)
     mlflow_server(backend_uri, artifacts, logs)   `with` an `mlflow server` (its own group)
     per_epoch_keys                                the metrics a trial logs every epoch
     fixed_calibration                             a calibration cache with a known rate
@@ -36,6 +41,8 @@ from typing import Iterator
 
 import pytest
 
+from workers.faults import FAULTS_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Known throughput so estimates are exact numbers in tests (1 GMAC/s training).
@@ -55,6 +62,7 @@ def isolated_environment(tmp_path_factory) -> Iterator[Path]:
     saved = dict(os.environ)
     os.environ["HOME"] = str(home)
     os.environ["RESWEEP_CACHE_DIR"] = str(home / ".cache" / "resweep")
+    os.environ[FAULTS_ENV] = str(tmp_path_factory.mktemp("fault-cues"))
     for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         os.environ.pop(name, None)
     path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -66,10 +74,34 @@ def isolated_environment(tmp_path_factory) -> Iterator[Path]:
 
 # ---- processes and ports ---------------------------------------------------------------
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port the kernel says is free, never one handed out before in this session: two
+    servers started one after the other must not get the same port (the kernel may offer
+    a port again once its probe socket is closed). A port can still be taken by another
+    process between this probe and the server's bind: the starters retry on fresh ports
+    (`_start_with_retries`)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 probes")
+
+
+def _start_with_retries(start, attempts: int = 3):
+    """start() -> a started server; on StackError (a port taken between our probe and the
+    server's bind, by another process on this shared machine) again, with fresh ports."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except StackError:
+            if attempt == attempts - 1:
+                raise
 
 
 def _wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
@@ -118,6 +150,76 @@ def per_epoch_keys() -> tuple[str, ...]:
     return PER_EPOCH_KEYS
 
 
+class Faults:
+    """The cues of workers.faults in this session's $RESWEEP_TEST_FAULTS folder: make the
+    trial named NAME pause after epoch N, or its process die before epoch N, in any Ray of
+    the session (local or a `ray start --head`: both inherit the folder's name)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _write(self, name: str, suffix: str, epoch: int) -> None:
+        tmp = self.folder / f".{name}.{suffix}.tmp"
+        tmp.write_text(str(epoch))
+        tmp.replace(self.folder / f"{name}.{suffix}")  # never seen half written
+
+    def pause(self, name: str, after_epoch: int) -> None:
+        self._write(name, "pause", after_epoch)
+
+    def paused_pid(self, name: str) -> int | None:
+        """The pid of the process holding NAME, once it waits (else None)."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int((self.folder / f"{name}.paused").read_text())
+        return None
+
+    def release(self, name: str) -> None:
+        (self.folder / f"{name}.pause").unlink(missing_ok=True)
+
+    def die(self, name: str, at_epoch: int) -> None:
+        self._write(name, "die", at_epoch)
+
+    def spare(self, name: str) -> None:
+        (self.folder / f"{name}.die").unlink(missing_ok=True)
+
+    def deaths(self, name: str) -> int:
+        """How many processes the die cue of NAME has killed."""
+        path = self.folder / f"{name}.died"
+        return len(path.read_text().split()) if path.exists() else 0
+
+    def clear(self) -> None:
+        for path in self.folder.iterdir():
+            path.unlink()
+
+
+@pytest.fixture
+def faults(isolated_environment) -> Iterator[Faults]:
+    """Fault cues for this test (every cue removed afterwards, so nothing stays held)."""
+    cues = Faults(Path(os.environ[FAULTS_ENV]))
+    cues.clear()
+    yield cues
+    cues.clear()
+
+
+@pytest.fixture(scope="session")
+def project_free_python(tmp_path_factory) -> Path:
+    """A Python with every installed package but not this project: a venv whose only site
+    entry is the project venv's site-packages, added by a .pth line. The packages import,
+    but the .pth files inside that folder are not processed, so the editable install's
+    import hook (the project) is not installed; with no $PYTHONPATH and a cwd outside the
+    checkout, `import orchestrator` fails, as on a cluster node without the project."""
+    import sysconfig
+
+    venv = tmp_path_factory.mktemp("project-free-venv")
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv",
+                    "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True)
+    Path(site.stdout.strip(), "project-venv.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
 # ---- the cluster stack's parts, run natively ---------------------------------------------
 
 class StackError(RuntimeError):
@@ -135,9 +237,12 @@ class RayHead:
     """
 
     def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120,
-                 worker_env: dict[str, str] | None = None):
+                 worker_env: dict[str, str] | None = None, python: Path | None = None):
         self.log_dir = Path(log_dir)
         self.worker_env = dict(worker_env or {})  # the head's (so its workers') environment
+        # The interpreter of `ray start`, so of every worker; with one given, the head
+        # gets no $PYTHONPATH either (see `project_free_python`).
+        self.python = python
         self.num_cpus = num_cpus
         self.start_timeout_s = start_timeout_s
         self.port = _free_port()
@@ -153,20 +258,23 @@ class RayHead:
         return self.log_dir / f"ray-head-{self.port}.log"
 
     def start(self) -> "RayHead":
-        ray = Path(sys.executable).with_name("ray")
+        ray = ([str(self.python), "-m", "ray.scripts.scripts"] if self.python
+               else [str(Path(sys.executable).with_name("ray"))])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Every port with a fixed default gets a free one: other Rays may run here. No
         # Ray Client server (--ray-client-server-port): it needs ray[client], which only the
         # image installs (docker/requirements-cluster.txt).
-        command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+        command = [*ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                    "--port", str(self.port), "--num-cpus", str(self.num_cpus),
                    "--num-gpus", "0", "--include-dashboard", "false",
                    "--dashboard-port", str(_free_port()),
                    "--dashboard-agent-listen-port", str(_free_port()),
                    "--disable-usage-stats"]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command,
-                                            env=dict(os.environ, **self.env, **self.worker_env),
+        env = dict(os.environ, **self.env, **self.worker_env)
+        if self.python:
+            env.pop("PYTHONPATH", None)
+        with open(self.log, "wb") as log:  # cwd: nothing importable there
+            self.process = subprocess.Popen(command, env=env, cwd=self.log_dir,
                                             stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
@@ -188,15 +296,12 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def _ray_head(log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None
-              ) -> Iterator[RayHead]:
-    """A started head (`env`: extra variables for it and the workers it starts); one retry
-    on fresh ports (a port taken between our probe and Ray's bind, by another process on
-    this shared machine, fails the start)."""
-    try:
-        head = RayHead(log_dir, num_cpus, worker_env=env).start()
-    except StackError:
-        head = RayHead(log_dir, num_cpus, worker_env=env).start()
+def _ray_head(log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None,
+              python: Path | None = None) -> Iterator[RayHead]:
+    """A started head (`env`: extra variables for it and the workers it starts; `python`:
+    the interpreter it and its workers run), retried on fresh ports."""
+    head = _start_with_retries(
+        lambda: RayHead(log_dir, num_cpus, worker_env=env, python=python).start())
     try:
         yield head
     finally:
@@ -223,7 +328,8 @@ class MlflowServer:
         self.backend_store_uri = backend_store_uri
         self.artifacts_dir = Path(artifacts_dir)
         self.log_dir = Path(log_dir)
-        self.port = port or _free_port()
+        self.fixed_port = port is not None
+        self.port = port or _free_port()  # kept across kill() and start(): a restart
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -292,7 +398,14 @@ class MlflowServer:
         self.process = None
 
     def __enter__(self) -> "MlflowServer":
-        return self.start()
+        if self.fixed_port:
+            return self.start()
+
+        def start_on_a_fresh_port() -> "MlflowServer":
+            if self.starts:
+                self.port = _free_port()
+            return self.start()
+        return _start_with_retries(start_on_a_fresh_port)
 
     def __exit__(self, *exc) -> None:
         self.kill(signal.SIGTERM)

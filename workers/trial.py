@@ -23,6 +23,8 @@ the epoch it happened in is reported with its train metrics. Other exceptions pr
 to the caller (Ray retries them; `resweep train` shows them); invalid settings and missing
 data raise `ConfigError` before training starts. Whichever way a trial ends, its step is
 closed (a CUDA graph's memory pool released) before `train_trial` returns or raises.
+Fault tests pause a trial, or kill its process, at a known epoch through the test-only
+cues of `workers.faults` (unset outside tests: nothing happens).
 
 Checkpoints, at each epoch end: one file, `<checkpoint_dir>/checkpoint.pt`, written
 atomically. It holds everything a resumed trial needs to continue exactly like an
@@ -56,6 +58,7 @@ from workers.config import TrialConfig, data_config_problems, train_config_probl
 from workers.data import TrialData, load_data
 from workers.engine import (TrainStep, evaluate, make_train_step, pick_device,
                             uses_channels_last)
+from workers.faults import FaultCues
 from workers.recipes import ErrorWarmup, lr_at
 from workers.results import (DIVERGED, ELAPSED_S, EPOCH, FINISHED, GRADIENT_NORMS,
                              IMAGES_PER_S, ITERATION, LAYER_RESPONSES, LR, MACS, PARAMS,
@@ -66,11 +69,6 @@ Report = Callable[[dict, "str | None"], None]
 
 PROBE_IMAGES = 256
 
-# Test-only, for fault tests that kill a process at a known epoch (tests/orchestrator/
-# test_run_cluster.py): "N[@TRIAL_NAME]:SENTINEL" makes every trial (or the one named)
-# wait after reporting epoch N until the file SENTINEL exists, touching SENTINEL.paused
-# while it waits. Unset (always, outside tests): one environment lookup per trial.
-PAUSE_ENV = "RESWEEP_TEST_PAUSE_AFTER_EPOCH"
 DIVERGENCE_CHECK_EVERY = 50   # steps between host reads of the running loss
 
 
@@ -121,28 +119,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- the test-only pause --------------------------------------------------------------
-
-def _pause_after_epoch(trial_name: str) -> tuple[int, Path] | None:
-    """(N, SENTINEL) of $RESWEEP_TEST_PAUSE_AFTER_EPOCH when it applies to this trial."""
-    value = os.environ.get(PAUSE_ENV)
-    if not value:
-        return None
-    head, _, sentinel = value.partition(":")
-    epoch, _, only = head.partition("@")
-    if not epoch.isdigit() or int(epoch) < 1 or not sentinel:
-        raise ConfigError(f"${PAUSE_ENV} (test-only): expected N[@TRIAL_NAME]:SENTINEL "
-                          f"with N >= 1, got {value!r}")
-    return None if only and only != trial_name else (int(epoch), Path(sentinel))
-
-
-def _wait_for_file(sentinel: Path) -> None:
-    if not sentinel.exists():
-        Path(f"{sentinel}.paused").touch()
-        while not sentinel.exists():
-            time.sleep(0.1)
-
-
 # ---- the trial ------------------------------------------------------------------------
 
 class _Trial:
@@ -156,7 +132,7 @@ class _Trial:
         self.report = report or (lambda metrics, checkpoint_path: None)
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_path = checkpoint_file(checkpoint_dir) if checkpoint_dir else None
-        self.pause = _pause_after_epoch(config.name)  # None but in fault tests
+        self.faults = FaultCues.from_env(config.name)  # None but in fault tests
         if self.train.threads is not None:
             torch.set_num_threads(self.train.threads)
         self.device = pick_device(self.train.device)
@@ -269,6 +245,8 @@ class _Trial:
         elapsed_before = p.elapsed_s
         status, error = FINISHED, None
         while p.epoch < self.total_epochs:
+            if self.faults is not None:
+                self.faults.before_epoch(p.epoch + 1)
             metrics = self._train_epoch()
             finite = metrics.pop("_finite")
             p.epoch += 1
@@ -294,8 +272,8 @@ class _Trial:
             if not finite or p.epoch == self.total_epochs:
                 break
             self.report(metrics, checkpoint)
-            if self.pause is not None and p.epoch == self.pause[0]:
-                _wait_for_file(self.pause[1])
+            if self.faults is not None:
+                self.faults.after_report(p.epoch)
         else:  # resumed from the last epoch's checkpoint: nothing left to train
             checkpoint = str(self.checkpoint_path) if self.checkpoint_path else None
         return self._finish(status, error, checkpoint)

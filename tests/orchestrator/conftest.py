@@ -5,6 +5,11 @@ The studies train real networks on the first 1,024 Fashion-MNIST training images
 fully-connected toy (`mlp`, ~0.1 s per epoch) where only bookkeeping is tested, a CIFAR
 net of depth 8 at width x0.5 (`small_cnn`, ~1 s per epoch on one core) where a trial must
 still be running when a process is killed.
+
+`local_ray` is an in-process Ray (2 CPUs, one per module) for the tests that call the
+command in this process; `cluster` is the session's one `ray start --head` (token auth, 2 CPUs) for every test that
+runs `resweep run --address`; its Python cannot import this project (`project_free_python`),
+so drivers ship the code (`--ship-code`) as a cluster node without the project needs.
 """
 
 from __future__ import annotations
@@ -151,3 +156,47 @@ def run_in_subprocess():
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 **kwargs)
     return start
+
+
+@pytest.fixture(scope="session")
+def cluster(ray_head, project_free_python, tmp_path_factory):
+    """The session's Ray head; `cluster.address`, `cluster.env` (the token, for drivers)."""
+    with ray_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2,
+                  python=project_free_python) as head:
+        yield head
+
+
+@pytest.fixture
+def resweep_on(cluster, run_in_subprocess, tmp_path):
+    """resweep_on(study, uri, *extra, env=None, address=True) -> a `resweep run` driver
+    subprocess for the cluster (`--address`, or $RAY_ADDRESS with address=False, as a Ray
+    job's entrypoint gets it), with the head's token; `--quiet` and `--ship-code` unless
+    quiet=False or ship_code=False."""
+    def start(study, uri, *extra, env=None, address=True, quiet=True, ship_code=True):
+        args = ["run", str(study), "--tracking-uri", uri,
+                "--storage", str(tmp_path / "ray_results")]
+        args += ["--address", cluster.address] if address else []
+        args += ["--quiet"] if quiet else []
+        args += ["--ship-code"] if ship_code else []
+        environ = dict(cluster.env, **({} if address else {"RAY_ADDRESS": cluster.address}))
+        return run_in_subprocess([*args, *extra], tmp_path, env={**environ, **(env or {})})
+    return start
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An in-process local Ray for a module (2 CPUs; ~7 s to start): `resweep run` called
+    in this process finds it initialised and uses it as it is. Per module, not per session:
+    while it is up every in-process `resweep run` uses it, --address or not (the tests of
+    an unreachable --address in other modules must not find it)."""
+    import ray
+
+    from orchestrator.ray_session import WORKER_ENV
+
+    if ray.is_initialized():  # someone else's Ray: use it, leave it to its owner
+        yield
+        return
+    os.environ.update(WORKER_ENV)  # before the workers are forked from the raylet
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,7 +1,7 @@
 """`resweep run` on a real local Ray with real MLflow stores (SQLite and `mlflow server`).
 
-One Ray for the whole module (started once, ~7 s); the command finds it initialised and
-uses it as it is. Trials train real networks on 1,024 Fashion-MNIST images.
+One Ray for the module (`local_ray`, started once, ~7 s); the command finds it initialised
+and uses it as it is. Trials train real networks on 1,024 Fashion-MNIST images.
 """
 
 from __future__ import annotations
@@ -17,21 +17,6 @@ from orchestrator.cli import main as resweep
 from search_spaces import expand_study, load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from orchestrator.ray_session import WORKER_ENV
-
-    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
-        yield
-        return
-    os.environ.update(WORKER_ENV)  # before the workers are forked from the raylet
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def max_open_runs(runs) -> int:
@@ -183,60 +168,53 @@ def test_search_optuna_proposes_asha_stops_some_early(local_ray, tmp_path, write
 
 
 def test_worker_killed_mid_trial_resumes_from_its_checkpoint(
-        local_ray, tmp_path, write_study, small_cnn, study_runs, steps, client_for, wait_for):
+        local_ray, faults, tmp_path, write_study, mlp, study_runs, steps, client_for, wait_for):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    epochs = 5
-    study = write_study("kill-worker", space={"residual": [False, True]},
-                        epochs=epochs, model=small_cnn, lr=0.05)
-    killed: list[str] = []
-    killed_at_epoch: list[int] = []  # the victim's last epoch logged when it was killed
+    epochs = 4
+    study = write_study("kill-worker", space={"depth": [2, 4]}, epochs=epochs,
+                        model=mlp)
+    victim = next(t.name for t in expand_study(load_study(study)) if t.model.depth == 4)
+    # On cue: the victim waits after epoch 2, its checkpoint written and its result
+    # recorded; then its worker process is killed (SIGKILL, as the OOM killer would).
+    faults.pause(victim, after_epoch=2)
+    killed: list[int] = []
 
-    def kill_one_worker_mid_trial():
-        client = client_for(uri)
-
-        def target():
-            experiment = client.get_experiment_by_name("kill-worker")
-            if experiment is None:
+    def kill_the_victim_when_it_waits():
+        def paused_and_recorded():
+            pid = faults.paused_pid(victim)
+            if pid is None:
                 return None
-            for run in client.search_runs([experiment.experiment_id],
-                                          "tags.`resweep.kind` = 'trial'"):
-                epoch = int(run.data.tags.get("resweep.last_epoch", "0"))
-                if 2 <= epoch < epochs and "resweep.worker_pid" in run.data.tags:
-                    return run
-            return None
-
+            _, children = study_runs(uri, "kill-worker")
+            return pid if any(c.data.tags.get("resweep.name") == victim
+                              and c.data.tags.get("resweep.last_epoch") == "2"
+                              and "resweep.checkpoint" in c.data.tags
+                              for c in children) else None
         try:
-            run_ = wait_for(target, timeout=120, interval=0.1, what="a trial at epoch 2")
-        except TimeoutError:
-            return
-        killed_at_epoch.append(int(run_.data.tags["resweep.last_epoch"]))
-        os.kill(int(run_.data.tags["resweep.worker_pid"]), signal.SIGKILL)
-        killed.append(run_.info.run_id)
+            pid = wait_for(paused_and_recorded, timeout=240, what=f"{victim} paused")
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        finally:
+            faults.release(victim)
 
-    killer = threading.Thread(target=kill_one_worker_mid_trial, daemon=True)
+    killer = threading.Thread(target=kill_the_victim_when_it_waits, daemon=True)
     killer.start()
     assert run(study, tmp_path, uri) == 0
-    killer.join(timeout=5)
-    assert killed, "no trial was caught mid-run"
+    killer.join(timeout=30)
+    assert killed, f"{victim} never paused"
 
     _, children = study_runs(uri, "kill-worker")
     assert len(children) == 2
     for child in children:
         tags = child.data.tags
         assert tags["resweep.status"] == "finished" and child.info.status == "FINISHED"
-        # Resumed, did not start over: starting over would re-report every epoch up to the
-        # kill (>= 2). One re-report can happen when the kill lands between an epoch's
-        # result reaching the driver and its checkpoint being registered by Tune; the
-        # logger drops it, so MLflow still has each epoch once (asserted below).
-        assert int(tags["resweep.duplicate_results"]) <= 1
         for key in ("val_error", "train_error", "iteration"):
             assert steps(uri, child.info.run_id, key) == list(range(1, epochs + 1))
-    victim = next(c for c in children if c.info.run_id == killed[0])
-    assert int(victim.data.tags["resweep.duplicate_results"]) < killed_at_epoch[0]
-    assert int(victim.data.tags["resweep.worker_failures"]) >= 1
-    # Iterations continue where the checkpoint left them: a restart from scratch would
-    # have reported epochs 1.. again (dropped and counted as duplicates above).
-    history = client_for(uri).get_metric_history(victim.info.run_id, "iteration")
+    victim_run = next(c for c in children if c.data.tags["resweep.name"] == victim)
+    assert victim_run.data.tags["resweep.worker_failures"] == "1"
+    # Resumed from epoch 2's checkpoint, not started over: no epoch came twice, and the
+    # iterations go on where the checkpoint left them.
+    assert victim_run.data.tags["resweep.duplicate_results"] == "0"
+    history = client_for(uri).get_metric_history(victim_run.info.run_id, "iteration")
     per_epoch = history[0].value
     assert [m.value for m in history] == [per_epoch * e for e in range(1, epochs + 1)]
 

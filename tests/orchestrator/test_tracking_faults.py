@@ -33,7 +33,7 @@ import pytest
 from orchestrator.tracking_writer import FLUSH_TIMEOUT_ENV, HOLD_ENV
 from search_spaces import expand_study, load_study
 from workers.checkpoints import HISTORY_NAME
-from workers.trial import PAUSE_ENV
+from workers.faults import FAULTS_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -80,7 +80,7 @@ def resweep_run(run_in_subprocess, tmp_path):
     def start(study, uri, *extra, env=None):
         args = ["run", str(study), "--tracking-uri", uri, "--storage",
                 str(tmp_path / "ray_results"), "--max-concurrent", "2", *extra]
-        environ = {k: v for k, v in os.environ.items() if k not in (PAUSE_ENV, HOLD_ENV)}
+        environ = {k: v for k, v in os.environ.items() if k not in (FAULTS_ENV, HOLD_ENV)}
         return Driver(run_in_subprocess, args, tmp_path,
                       {**environ, **(env or {})})
     return start
@@ -97,6 +97,25 @@ def assert_every_epoch_once(client, children, keys, epochs=EPOCHS):
         for key, points in curves(client, child, keys).items():
             assert [step for step, _ in points] == list(range(1, epochs + 1)), \
                 (child.info.run_name, key)
+
+
+def pause_after(folder: Path, epoch: int, *trials: str) -> dict:
+    """The trials' pause cues (workers/faults.py): each waits after reporting `epoch` until
+    its cue is removed (`release`). The environment that turns the cues on."""
+    folder.mkdir(exist_ok=True)
+    for name in trials:
+        (folder / f"{name}.pause").write_text(str(epoch))
+    return {FAULTS_ENV: str(folder)}
+
+
+def paused(folder: Path) -> bool:
+    """Whether some trial waits on its pause cue."""
+    return any(folder.glob("*.paused"))
+
+
+def release(folder: Path) -> None:
+    for cue in folder.glob("*.pause"):
+        cue.unlink()
 
 
 def held_back(marker: Path) -> int:
@@ -136,16 +155,16 @@ def test_driver_killed_with_queued_results_rerun_backfills_every_epoch_once(
     assert sorted(reference) == sorted([victim, other])
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    pause, hold = tmp_path / "release-trial", tmp_path / "release-writer"
+    faults, hold = tmp_path / "faults", tmp_path / "release-writer"
     driver = resweep_run(study, uri, "--quiet", env={
-        PAUSE_ENV: f"{PAUSE_AT}@{victim}:{pause}", HOLD_ENV: f"{HOLD_AFTER}:{hold}"})
+        **pause_after(faults, PAUSE_AT, victim), HOLD_ENV: f"{HOLD_AFTER}:{hold}"})
     storage = tmp_path / "ray_results"
     try:
         # On cue: the victim has checkpointed epoch PAUSE_AT and waits; the other trial
         # has finished; the writer holds what came after epoch HOLD_AFTER: the victim's
         # epochs 3..4, the other's 3..6 and its end, queued.
         queued = (PAUSE_AT - HOLD_AFTER) + (EPOCHS - HOLD_AFTER) + 1
-        wait_for(lambda: (Path(f"{pause}.paused").exists()
+        wait_for(lambda: (paused(faults)
                           and held_back(Path(f"{hold}.held")) == queued),
                  timeout=300, interval=0.2,
                  what=f"{victim} paused and {queued} results queued")
@@ -201,21 +220,22 @@ def test_tracking_server_down_mid_study_the_study_goes_on_and_every_epoch_arrive
         per_epoch_keys):
     study = write_study("server-outage", space={"depth": [2, 3, 4]}, epochs=EPOCHS,
                         model=mlp, repeats=2)   # 6 trials (deeper toys diverge at this lr)
-    pause, hold = tmp_path / "release-trials", tmp_path / "release-writer"
+    faults, hold = tmp_path / "faults", tmp_path / "release-writer"
+    every_trial = [t.name for t in expand_study(load_study(study))]
     driver = resweep_run(study, server.url, env={
-        PAUSE_ENV: f"{PAUSE_AT}:{pause}",          # every trial, until released
+        **pause_after(faults, PAUSE_AT, *every_trial),   # until released
         HOLD_ENV: f"{PAUSE_AT - 1}:{hold}", FLUSH_TIMEOUT_ENV: "600"})
     try:
         # On cue: the first two trials wait after epoch PAUSE_AT, whose results the writer
         # holds; the server dies; the writer, let go, finds it gone while the study runs.
-        wait_for(lambda: Path(f"{pause}.paused").exists()
+        wait_for(lambda: paused(faults)
                  and held_back(Path(f"{hold}.held")) >= 1,
                  timeout=300, interval=0.2, what="trials paused with results queued")
         server.kill()
         killed_at = time.monotonic()
         hold.touch()
         driver.saying("tracking server not answering, retrying", timeout=120)
-        pause.touch()   # the study goes on: 2 trials finish, the other 4 start and finish
+        release(faults)   # the study goes on: 2 trials finish, the other 4 start and finish
         wait_for(lambda: any("not answering" in line and (progress_done(line) or 0) >= 3
                              for line in driver.lines), timeout=300, interval=0.2,
                  what="a trial started during the outage to finish during it")
@@ -239,14 +259,13 @@ def test_study_ends_while_the_server_is_down_exit_1_then_the_rerun_backfills(
     study = write_study("server-down-at-end", space={"depth": [2, 3]}, epochs=EPOCHS,
                         model=mlp)
     first = expand_study(load_study(study))[0].name
-    pause = tmp_path / "release-trial"
+    faults = tmp_path / "faults"
     driver = resweep_run(study, server.url, "--quiet", env={
-        PAUSE_ENV: f"{PAUSE_AT}@{first}:{pause}", FLUSH_TIMEOUT_ENV: "5"})
+        **pause_after(faults, PAUSE_AT, first), FLUSH_TIMEOUT_ENV: "5"})
     try:
-        wait_for(lambda: Path(f"{pause}.paused").exists(), timeout=300, interval=0.2,
-                 what=f"{first} paused")
+        wait_for(lambda: paused(faults), timeout=300, interval=0.2, what=f"{first} paused")
         server.kill()
-        pause.touch()
+        release(faults)
         assert driver.wait(timeout=300) == 1, driver.output
     finally:
         if driver.process.poll() is None:

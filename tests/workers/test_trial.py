@@ -180,37 +180,75 @@ def test_an_image_folder_trial_trains_through_the_dataloader_path(tmp_path, imag
     assert len(result.probes["layer_responses"]) >= 7
 
 
-def test_the_test_only_pause_holds_a_trial_after_epoch_n_until_the_sentinel(tmp_path,
-                                                                              monkeypatch):
-    """$RESWEEP_TEST_PAUSE_AFTER_EPOCH (fault tests): the named trial reports epoch 1, then
-    waits (SENTINEL.paused says so) until SENTINEL exists; other trials do not wait."""
+def test_the_test_only_pause_cue_holds_a_trial_after_epoch_n(tmp_path, monkeypatch):
+    """workers.faults (fault tests): NAME.pause holding 1 makes that trial report epoch 1,
+    then wait (its pid in NAME.paused) until the cue is removed; other trials do not wait."""
+    import os
     import threading
 
-    from workers.trial import PAUSE_ENV
+    from workers.faults import FAULTS_ENV
 
     config = _resume_config()
-    sentinel = tmp_path / "release"
-    monkeypatch.setenv(PAUSE_ENV, f"1@other-trial:{sentinel}")
+    monkeypatch.setenv(FAULTS_ENV, str(tmp_path))
+    (tmp_path / "other-trial.pause").write_text("1")
     assert [m["epoch"] for m, _ in _record(train_trial, config)] == [1, 2, 3]
-    assert not (tmp_path / "release.paused").exists()
+    assert not (tmp_path / "other-trial.paused").exists()
 
-    monkeypatch.setenv(PAUSE_ENV, f"1@{config.name}:{sentinel}")
+    cue, paused = tmp_path / f"{config.name}.pause", tmp_path / f"{config.name}.paused"
+    cue.write_text("1")
     report = Recorder()
     worker = threading.Thread(target=train_trial, args=(config, report), daemon=True)
     worker.start()
     deadline = time.monotonic() + 120
-    while not (tmp_path / "release.paused").exists() and time.monotonic() < deadline:
+    while not paused.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (tmp_path / "release.paused").exists(), "the trial never paused"
+    assert paused.read_text().strip() == str(os.getpid()), "the trial never paused"
     time.sleep(1.0)  # paused: epoch 2 (a fraction of a second) does not come
     assert worker.is_alive() and [m["epoch"] for m, _ in report.calls] == [1]
-    sentinel.touch()
+    cue.unlink()
     worker.join(timeout=120)
     assert not worker.is_alive() and [m["epoch"] for m, _ in report.calls] == [1, 2, 3]
+    assert not paused.exists()
 
-    monkeypatch.setenv(PAUSE_ENV, "after-one")
-    with pytest.raises(ConfigError, match="N\\[@TRIAL_NAME\\]:SENTINEL"):
+    cue.write_text("after-one")
+    with pytest.raises(ConfigError, match="expected an epoch number >= 1, got 'after-one'"):
         train_trial(config, Recorder())
+
+
+def _train_in_a_fork(config: TrialConfig, checkpoint_dir: str) -> int:
+    """train_trial in a forked process (the die cue ends the process): its exit status."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("fork").Process(
+        target=train_trial, args=(config, None, checkpoint_dir))
+    process.start()
+    process.join(timeout=120)
+    return process.exitcode
+
+
+def test_the_test_only_die_cue_kills_every_try_that_reaches_epoch_n(tmp_path, monkeypatch):
+    """workers.faults: NAME.die holding 2 kills the process before epoch 2, again after a
+    resume from epoch 1's checkpoint, until the cue goes; then the trial ends as one that
+    never died would."""
+    from workers.faults import DIE_EXIT_STATUS, FAULTS_ENV
+    from workers.trial import checkpoint_file
+
+    config = _resume_config()
+    cues, checkpoints = tmp_path / "cues", tmp_path / "ckpt"
+    cues.mkdir()
+    monkeypatch.setenv(FAULTS_ENV, str(cues))
+    (cues / f"{config.name}.die").write_text("2")
+    for tries in (1, 2):
+        assert _train_in_a_fork(config, str(checkpoints)) == DIE_EXIT_STATUS
+        assert len((cues / f"{config.name}.died").read_text().split()) == tries
+        saved = torch.load(checkpoint_file(checkpoints), weights_only=True)
+        assert saved["epoch"] == 1  # died before training epoch 2, both times
+
+    (cues / f"{config.name}.die").unlink()
+    resumed = train_trial(config, checkpoint_dir=str(checkpoints))
+    monkeypatch.delenv(FAULTS_ENV)
+    uninterrupted = train_trial(config)
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
 
 
 def _record(train, config) -> list[tuple[dict, str | None]]:
