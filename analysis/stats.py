@@ -162,3 +162,16 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, 
 
 def scipy_available() -> bool:
     return _scipy_stats is not None
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input's order: sort ascending, multiply
+    the i-th smallest (0-based) by m - i, carry the running maximum, cap at 1. Rejecting
+    where the adjusted p < alpha keeps the family-wise error rate at alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
