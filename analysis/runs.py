@@ -32,6 +32,7 @@ from analysis.store import (NO_SHORTCUT, SIZE_TAGS, Artifact, Kind, Param, Tag,
                             default_tracking_uri, kind_filter, list_experiments,
                             local_store_path, search_all_runs)
 from models.config import ConfigError
+from search_spaces import StudyError, load_study_text
 from workers.config import NOT_HASHED_TRAIN
 from workers.results import CURVE_METRICS, FINISHED, STATUS_RANK
 
@@ -123,6 +124,7 @@ class StudyRuns:
     client: MlflowClient = field(repr=False)
     parent_tags: dict[str, str] = field(default_factory=dict)  # of the chosen parent run
     _probes: dict[str, dict | None] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def design(self) -> str | None:
@@ -145,7 +147,22 @@ class StudyRuns:
         """The study YAML the latest `resweep run` logged (artifact study.yaml)."""
         if self.parent_run_id is None:
             return None
-        return read_text_artifact(self.client, self.parent_run_id, Artifact.STUDY)
+        if "study_text" not in self._cache:
+            self._cache["study_text"] = read_text_artifact(self.client, self.parent_run_id,
+                                                           Artifact.STUDY)
+        return self._cache["study_text"]
+
+    def study_file(self):
+        """That file as a validated `search_spaces.Study` (an ablation's baseline, a
+        search's metric and space), or None when it is not recorded or no longer loads
+        (a file of an older resweep). Its --set overrides are not recorded."""
+        text = self.study_text()
+        if text is None:
+            return None
+        try:
+            return load_study_text(text, f"study.yaml of {self.parent_run_name}")
+        except (StudyError, ConfigError, ValueError):
+            return None
 
 
 def read_text_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
