@@ -270,7 +270,9 @@ def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
         "<h3>Degradation onset</h3><ul>"
         + "".join(f"<li>{_e(line)}</li>" for line in onset_lines(findings)) + "</ul>",
         f"<p class=meta>Only finished trials count. Margin: {100 * findings.margin:g} pp "
-        f"(percentage points); significance level {findings.alpha:g}.</p>",
+        f"(percentage points); significance level {findings.alpha:g}; the onset's p-values "
+        "are Holm-corrected over all depth pairs of a series (several pairs are compared), "
+        "and the same onset test decides the residual claim.</p>",
     ]
     if findings.gains:
         parts += ["<h3>Residual gain per depth (plain minus residual error)</h3>",

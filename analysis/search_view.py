@@ -28,6 +28,7 @@ import pandas as pd
 from analysis.figures import FigureFile, integer_ticks, save_figure
 from analysis.section import Section
 from analysis.store import Tag
+from search_spaces import search_space
 from workers.results import FINISHED, STOPPED
 
 HISTORY_FIGURE = "9-search-history"
@@ -103,8 +104,6 @@ def _space(table: pd.DataFrame, study) -> dict:
     import optuna.distributions as od
 
     if study is not None and study.design == "search":
-        from search_spaces import search_space
-
         return {k: _distribution(v) for k, v in search_space(study).items()}
     keys = dict.fromkeys(k for p in table["proposal"] for k in p)
     space = {}

@@ -261,3 +261,13 @@ def test_report_links_open_the_ui_url_in_the_training_runs_view(tiny_search):
         assert f"/runs/{run.info.run_id}?workflowType=machine_learning" in html
     assert "http://127.0.0.1:5000" not in html
     assert f"MLflow:  {tiny_search.ui_url}/#/experiments/" in tiny_search.report_out
+
+
+def test_a_ui_url_that_is_not_http_exits_2(capsys):
+    from orchestrator.cli import main as resweep
+
+    with pytest.raises(SystemExit) as exit_info:
+        resweep(["report", "some-study", "--ui-url", "ftp://127.0.0.1:5001"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ui-url: got 'ftp://127.0.0.1:5001'; an http(s) address" in err
