@@ -247,7 +247,7 @@ def plot_parallel(view: SearchView, out_dir: Path) -> FigureFile | None:
             columns.append((scaled - low) / (high - low) if high > low else scaled * 0 + 0.5)
             ticks.append([(0.0, _value_text(float(min(raw)))), (1.0, _value_text(float(max(raw))))])
         else:
-            levels = sorted(set(raw), key=str)
+            levels = sorted(set(raw), key=lambda v: (0, v, "") if numeric else (1, 0, str(v)))
             pos = {v: (i / (len(levels) - 1) if len(levels) > 1 else 0.5)
                    for i, v in enumerate(levels)}
             columns.append(np.array([pos[v] for v in raw]))

@@ -10,9 +10,7 @@ computed from the runs in MLflow, and that each view has the rows it must have.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
