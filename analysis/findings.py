@@ -44,6 +44,7 @@ class Onset:
     test: str
     checked: list[tuple[int, int, Comparison]] = field(default_factory=list)
     adjusted: dict[tuple[int, int], float] = field(default_factory=dict)
+    means: dict[int, float] = field(default_factory=dict)   # depth -> mean over seeds
 
     @property
     def p_adjusted(self) -> float | None:
@@ -59,7 +60,10 @@ class Onset:
         if self.p_adjusted is not None:
             p_text = (f", Holm-adjusted p = {self.p_adjusted:.2g} over "
                       f"{len(self.adjusted)} depth pair(s)")
-        return (f"onset at depth {self.depth}: training error {pp_diff(c.diff, c.ci)} over "
+        # The gap as the difference of the rounded means the report prints elsewhere.
+        gap = (pp_gap(self.means[self.depth], self.means[self.shallower], c.ci)
+               if self.means else pp_diff(c.diff, c.ci))
+        return (f"onset at depth {self.depth}: training error {gap} over "
                 f"depth {self.shallower}{p_text}{test}")
 
 
@@ -81,13 +85,14 @@ def find_onset(values: dict[int, list[float]], margin: float = MARGIN,
         p = adjusted.get((deep, shallow))
         return c.greater if p is None else (p < alpha and c.diff > 0)
 
+    means = {d: sum(v) / len(v) for d, v in values.items()}
     for deep in depths:
         hits = [(c.diff, shallow, c) for d, shallow, c in checked
                 if d == deep and significant(d, shallow, c)]
         if hits:
             _, shallow, comparison = max(hits, key=lambda hit: hit[0])
-            return Onset(deep, shallow, comparison, test, checked, adjusted)
-    return Onset(None, None, None, test, checked, adjusted)
+            return Onset(deep, shallow, comparison, test, checked, adjusted, means)
+    return Onset(None, None, None, test, checked, adjusted, means)
 
 
 @dataclass

@@ -145,7 +145,7 @@ def test_minimal_study_draws_only_what_its_data_supports(store, tmp_path, capsys
     assert code == 0, err
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     # ... and the Pareto fronts, which every design with sizes supports.
-    assert drawn == ["12-pareto-fronts", "1-training-curves", "2-degradation-map"]
+    assert drawn == ["1-training-curves", "12-pareto-fronts", "2-degradation-map"]
     html = (tmp_path / "report.html").read_text()
     assert "3-shortcuts" not in html and "Shortcut options (Table 3 style)" not in html
     assert re.search(r"NOT TESTABLE +Shortcut options A, B and C", out)
@@ -163,7 +163,7 @@ def test_search_study_without_comparable_cells(store, tmp_path, capsys):
     # No configuration was trained at two depths: no degradation map, nothing testable
     # (the Pareto fronts need no comparable cells).
     assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == \
-        ["12-pareto-fronts", "1-training-curves"]
+        ["1-training-curves", "12-pareto-fronts"]
     assert out.count("NOT TESTABLE") == 5 and "3 finished, 2 stopped" in out
     html = (tmp_path / "report.html").read_text()
     assert html.count('class="status-stopped"') == 2
