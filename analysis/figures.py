@@ -171,13 +171,18 @@ def plot_training_curves(done: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
     # would squash the differences that matter.
     top = min(100.0, 100 * max(finals) * 2.2 + 2) if finals else 100.0
     axes[0][0].set_ylim(0, top)
+    error_keys = [k for k in ("train_error", "val_error", "test_error") if k in data]
+    highest = 100 * data[error_keys].max().max()
+    clipped = (f" The error axis stops at {top:.0f}% to show the end of training: values "
+               f"above it (up to {highest:.0f}%, the first epochs) are cut off."
+               if highest > top else "")
     solid_name = "test error" if held_out == "test_error" else "validation error"
     fig.suptitle(f"Training curves: training error (dashed) and {solid_name} (solid)", y=1.02)
     note = ("" if held_out == "test_error" else
             " The test set was evaluated only at some epochs (stars); the solid lines show "
             "the validation error, measured every epoch.")
     return save_figure(fig, out_dir, "1-training-curves", "Training curves",
-                 "Errors at the end of each epoch, mean over seeds." + note + " "
+                 "Errors at the end of each epoch, mean over seeds." + note + clipped + " "
                  + _seed_note(done))
 
 

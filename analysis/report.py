@@ -9,7 +9,12 @@
     out_dir/figures/       every figure as PNG and SVG
 
 `log_report(runs, report)` attaches all of it to the study's latest parent run (artifact
-dir report/) so it shows in the MLflow UI.
+dir report/) so it shows in the MLflow UI, with the study's results (`analysis.results`:
+the per-cell table, headline metrics and verdict tags).
+
+The report is a list of sections: the paper claims and onset (the depth question), then
+one section per design view that applies (`analysis.views`: ablation, depth x factor
+map, search, Pareto), then the cells, the trials and the study file.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
 from analysis.probe_views import (layer_response_means, plot_gradient_flow,
                                   plot_layer_responses, probe_table)
+from analysis.results import log_results
 from analysis.runs import StudyRuns
+from analysis.section import Section
 from analysis.store import Artifact
+from analysis.views import design_sections
 
 REPORT_ARTIFACT_DIR = Artifact.REPORT_DIR
 # Where `resweep ui` serves the store by default: links in reports of a local store.
@@ -45,10 +53,20 @@ class Report:
     figures: list[FigureFile]
     findings: Findings
     study_text: str | None
+    sections: list[Section]
+
+    @property
+    def all_figures(self) -> list[FigureFile]:
+        """The depth figures, then each design section's."""
+        return self.figures + [f for s in self.sections for f in s.figures]
 
 
-def ui_base_url(tracking_uri: str) -> str:
-    """The MLflow UI that shows this store: the tracking server itself, or `resweep ui`."""
+def ui_base_url(tracking_uri: str, ui_url: str | None = None) -> str:
+    """The MLflow UI that shows this store: `ui_url` when given (`resweep report --ui-url`,
+    e.g. the port `resweep ui --port` serves), else the tracking server itself, else
+    `resweep ui`'s default address."""
+    if ui_url:
+        return ui_url.rstrip("/")
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/")
     return DEFAULT_UI_URL
@@ -61,20 +79,28 @@ def runs_view_url(base_url: str, experiment_id: str) -> str:
 
 
 def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page, in the training-runs view (not MLflow 3's GenAI default)."""
+    return (f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}"
+            "?workflowType=machine_learning")
 
 
-def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None) -> Report:
-    """Findings + figures + report.html + summary.md for `runs` in `out_dir`."""
+def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None,
+                 ui_url: str | None = None) -> Report:
+    """Findings + figures + report.html + summary.md for `runs` in `out_dir`; run links
+    point at `ui_url` (see `ui_base_url`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     probes = probe_table(runs)
     findings = compute_findings(runs.trials, layer_response_means(probes))
     figures = make_figures(runs.done, runs.curves, probes, findings, out_dir / "figures")
+    sections = design_sections(runs, findings, out_dir / "figures")
     study_text = runs.study_text() or study_text
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
-    html_path.write_text(render_html(runs, findings, figures, study_text), encoding="utf-8")
-    md_path.write_text(render_markdown(runs, findings, figures, out_dir), encoding="utf-8")
-    return Report(html_path, md_path, figures, findings, study_text)
+    base = ui_base_url(runs.tracking_uri, ui_url)
+    html_path.write_text(render_html(runs, findings, figures, study_text, base, sections),
+                         encoding="utf-8")
+    md_path.write_text(render_markdown(runs, findings, figures, out_dir, sections),
+                       encoding="utf-8")
+    return Report(html_path, md_path, figures, findings, study_text, sections)
 
 
 def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,
@@ -97,6 +123,7 @@ def log_report(runs: StudyRuns, report: Report) -> str | None:
     if runs.parent_run_id is None:
         return None
     runs.client.log_artifacts(runs.parent_run_id, str(report.html.parent), REPORT_ARTIFACT_DIR)
+    log_results(runs, report.findings)
     return runs.parent_run_id
 
 
@@ -137,7 +164,7 @@ def _md_cell(text: str) -> str:
 
 
 def render_markdown(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
-                    out_dir: Path) -> str:
+                    out_dir: Path, sections: list[Section] = ()) -> str:
     trials = runs.trials
     lines = [f"# resweep report: {runs.study}", "",
              f"{len(trials)} trials ({_status_counts(trials)}) from MLflow experiment "
@@ -158,8 +185,11 @@ def render_markdown(runs: StudyRuns, findings: Findings, figures: list[FigureFil
                          f"{pp_diff(g.train_gain, g.train_ci)} | "
                          f"{pp_diff(g.test_gain, g.test_ci) if not math.isnan(g.test_gain) else 'n/a'} |")
         lines += ["", "Intervals: 95% Welch t-interval of the difference (none with one seed)."]
-    lines += ["", "## Figures", ""]
-    for f in figures:
+    lines.append("")
+    for section in sections:
+        lines += section.markdown()
+    lines += ["## Figures", ""]
+    for f in list(figures) + [f for s in sections for f in s.figures]:
         lines += [f"### {f.title}", "", f"![{f.title}]({f.png.relative_to(out_dir).as_posix()})",
                   "", f.caption, ""]
     return "\n".join(lines) + "\n"
@@ -210,12 +240,21 @@ def _verdict_class(verdict: str) -> str:
             NOT_TESTABLE: "not-testable"}[verdict]
 
 
+def _figure_html(f: FigureFile) -> str:
+    data = base64.b64encode(f.png.read_bytes()).decode("ascii")
+    return (f'<figure id="{_e(f.name)}"><img alt="{_e(f.title)}" '
+            f'src="data:image/png;base64,{data}"><figcaption><b>{_e(f.title)}.</b> '
+            f"{_e(f.caption)} (SVG: figures/{_e(f.svg.name)})</figcaption></figure>")
+
+
 def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
-                study_text: str | None) -> str:
-    base = ui_base_url(runs.tracking_uri)
+                study_text: str | None, base: str | None = None,
+                sections: list[Section] = ()) -> str:
+    base = base or ui_base_url(runs.tracking_uri)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    local_note = ("" if base != DEFAULT_UI_URL else
-                  " (links open in the MLflow UI: run <code>resweep ui</code> first)")
+    local_note = ("" if runs.tracking_uri.startswith(("http://", "https://")) else
+                  f" (links open in the MLflow UI at {_e(base)}: run <code>resweep ui</code> "
+                  "first, or pass <code>resweep report --ui-url</code>)")
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>resweep report: {_e(runs.study)}</title><style>{_CSS}</style></head><body>",
@@ -231,19 +270,20 @@ def render_html(runs: StudyRuns, findings: Findings, figures: list[FigureFile],
         "<h3>Degradation onset</h3><ul>"
         + "".join(f"<li>{_e(line)}</li>" for line in onset_lines(findings)) + "</ul>",
         f"<p class=meta>Only finished trials count. Margin: {100 * findings.margin:g} pp "
-        f"(percentage points); significance level {findings.alpha:g}.</p>",
+        f"(percentage points); significance level {findings.alpha:g}; the onset's p-values "
+        "are Holm-corrected over all depth pairs of a series (several pairs are compared), "
+        "and the same onset test decides the residual claim.</p>",
     ]
     if findings.gains:
         parts += ["<h3>Residual gain per depth (plain minus residual error)</h3>",
                   _gains_html(findings),
                   "<p class=meta>Positive: the residual net has the lower error. Interval: 95% "
                   "Welch t-interval of the difference (none with a single seed).</p>"]
+    for section in sections:  # the design views, each with its figures
+        parts += [section.html()] + [_figure_html(f) for f in section.figures]
     parts.append("<h2>Figures</h2>")
     for f in figures:
-        data = base64.b64encode(f.png.read_bytes()).decode("ascii")
-        parts.append(f'<figure id="{_e(f.name)}"><img alt="{_e(f.title)}" '
-                     f'src="data:image/png;base64,{data}"><figcaption><b>{_e(f.title)}.</b> '
-                     f"{_e(f.caption)} (SVG: figures/{_e(f.svg.name)})</figcaption></figure>")
+        parts.append(_figure_html(f))
         if f.name == SHORTCUTS_FIGURE:
             parts.append(_shortcut_html(findings))
     if not figures:

@@ -28,9 +28,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.store import (Artifact, Kind, Param, Tag, default_tracking_uri, kind_filter,
-                            list_experiments, local_store_path, search_all_runs)
+from analysis.store import (NO_SHORTCUT, SIZE_TAGS, Artifact, Kind, Param, Tag,
+                            default_tracking_uri, kind_filter, list_experiments,
+                            local_store_path, search_all_runs)
 from models.config import ConfigError
+from search_spaces import StudyError, load_study_text
 from workers.config import NOT_HASHED_TRAIN
 from workers.results import CURVE_METRICS, FINISHED, STATUS_RANK
 
@@ -120,7 +122,14 @@ class StudyRuns:
     curves: pd.DataFrame           # one row per (run_id, epoch)
     varying: list[str]             # cell params that take more than one value
     client: MlflowClient = field(repr=False)
+    parent_tags: dict[str, str] = field(default_factory=dict)  # of the chosen parent run
     _probes: dict[str, dict | None] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def design(self) -> str | None:
+        """grid | ablation | search, as the parent run records it (None without one)."""
+        return self.parent_tags.get(Tag.DESIGN)
 
     @property
     def done(self) -> pd.DataFrame:
@@ -138,7 +147,22 @@ class StudyRuns:
         """The study YAML the latest `resweep run` logged (artifact study.yaml)."""
         if self.parent_run_id is None:
             return None
-        return read_text_artifact(self.client, self.parent_run_id, Artifact.STUDY)
+        if "study_text" not in self._cache:
+            self._cache["study_text"] = read_text_artifact(self.client, self.parent_run_id,
+                                                           Artifact.STUDY)
+        return self._cache["study_text"]
+
+    def study_file(self):
+        """That file as a validated `search_spaces.Study` (an ablation's baseline, a
+        search's metric and space), or None when it is not recorded or no longer loads
+        (a file of an older resweep). Its --set overrides are not recorded."""
+        text = self.study_text()
+        if text is None:
+            return None
+        try:
+            return load_study_text(text, f"study.yaml of {self.parent_run_name}")
+        except (StudyError, ConfigError, ValueError):
+            return None
 
 
 def read_text_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
@@ -196,7 +220,8 @@ def load_study_runs(study: str, tracking_uri: str | None = None,
         parent_run_id=latest.info.run_id if latest else None,
         parent_run_name=latest.info.run_name if latest else None,
         parents=len({r.data.tags.get(Tag.PARENT_RUN_ID) for r in kept}),
-        trials=trials, curves=curves, varying=varying, client=client)
+        trials=trials, curves=curves, varying=varying, client=client,
+        parent_tags=dict(latest.data.tags) if latest else {})
 
 
 def _trial_key(run) -> str:
@@ -241,6 +266,15 @@ def _trial_table(kept: list, children: list) -> pd.DataFrame:
         # Final metrics: MLflow keeps each key's value at its largest step (the last epoch;
         # for test_error the last evaluated epoch).
         row.update({key: float(value) for key, value in run.data.metrics.items()})
+        # The network's size: tags since they stopped being metrics (older stores: metrics).
+        for key, tag in SIZE_TAGS.items():
+            if tag in tags:
+                row[key] = float(tags[tag])
+        if row.get("residual") is False and Param.SHORTCUT in row:
+            # A plain net has no shortcut ("none" reads back as None); stores written
+            # before logged the config's default "A".
+            row["shortcut"] = row[Param.SHORTCUT] = NO_SHORTCUT
+        row["search_params"] = tags.get(Tag.SEARCH_PARAMS)
         rows.append(row)
     table = pd.DataFrame(rows)
     if "residual" in table and table["residual"].notna().all():

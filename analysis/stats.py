@@ -162,3 +162,30 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, 
 
 def scipy_available() -> bool:
     return _scipy_stats is not None
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input's order: sort ascending, multiply
+    the i-th smallest (0-based) by m - i, carry the running maximum, cap at 1. Rejecting
+    where the adjusted p < alpha keeps the family-wise error rate at alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def welch_two_sided(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float | None]:
+    """mean(a) - mean(b), the half-width of its Welch 95% interval and the two-sided
+    Welch p-value (NaN / None with one seed on either side; p None without scipy)."""
+    diff, ci = difference_interval(a, b)
+    if math.isnan(ci):
+        return diff, ci, None
+    t_stat, df, se = welch(a, b)
+    if se == 0.0:
+        return diff, 0.0, (1.0 if diff == 0 else 0.0)
+    if _scipy_stats is None:
+        return diff, ci, None
+    return diff, ci, float(2 * _scipy_stats.t.sf(abs(t_stat), df))

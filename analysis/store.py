@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.results import DIVERGED, FAILED, FINISHED, INTERRUPTED, STOPPED
+from workers.results import DIVERGED, FAILED, FINISHED, INTERRUPTED, MACS, PARAMS, STOPPED
 
 
 class Tag:
@@ -52,6 +52,8 @@ class Tag:
     DUPLICATE_RESULTS = "resweep.duplicate_results"  # re-reported epochs dropped
     DIVERGED_EPOCH = "resweep.diverged_epoch"
     ERROR = "resweep.error"                    # the last line of the error
+    PARAM_COUNT = "resweep.params"             # trainable parameters (workers.results.PARAMS)
+    MACS = "resweep.macs"                      # MACs per image (workers.results.MACS)
     # MLflow's own
     PARENT_RUN_ID = "mlflow.parentRunId"
     EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -79,6 +81,38 @@ class Param:
     NAME = "name"
     STUDY = "study"
     TRIAL_ID = "trial_id"
+
+
+# A plain net has no shortcut: its child run logs model.shortcut = NO_SHORTCUT (the
+# TrialConfig, and so trial_id, keep the config's default; stores written before log "A").
+NO_SHORTCUT = "none"
+# The network's size arrives with the last epoch's report but is no curve: it is logged as
+# these tags of the child run, not as metrics (stores written before hold metrics).
+SIZE_TAGS = {PARAMS: Tag.PARAM_COUNT, MACS: Tag.MACS}
+
+
+class Result:
+    """What `resweep report` writes onto the parent run, so the MLflow UI shows a study's
+    answer without opening the report: the per-cell table, headline metrics and tags."""
+
+    CELLS_TABLE = "results/cells.json"   # artifact, MLflow's table format (log_table's)
+    ONSET_DEPTH = "result.onset_depth"   # metric: smallest plain-net onset depth (if any)
+    RESIDUAL_GAIN = "result.residual_gain_pp"  # metric: plain - residual train error, pp,
+                                               # at the deepest depth with a twin
+    BEST_ERROR = "result.best_test_error"      # metric: lowest mean final test error of a cell
+    CELLS = "result.cells"                     # metric: cells with finished trials
+    BEST_CELL = "resweep.result.best_cell"     # tag: that cell's label
+    LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's own: marks CELLS_TABLE a table
+
+
+def claim_tag(key: str) -> str:
+    """The parent's verdict of a paper claim: resweep.claim.<key> (analysis.claims)."""
+    return f"resweep.claim.{key}"
+
+
+def ablation_tag(factor: str, value: str) -> str:
+    """The parent's verdict of an ablation variant: resweep.ablation.<factor>.<value>."""
+    return f"resweep.ablation.{factor}.{value}"
 
 
 class Artifact:

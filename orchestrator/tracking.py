@@ -44,8 +44,9 @@ from typing import Any
 
 # The tag names, the paging and the store URI helpers live in analysis.store: the layout
 # this writer and the analysis readers share.
-from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, Artifact, Kind, Tag, kind_filter,
-                            search_all_runs, sqlite_path)
+from analysis.store import (EXPERIMENT_KIND, MLFLOW_STATUS, NO_SHORTCUT, SIZE_TAGS, Artifact,
+                            Kind, Param as ParamName, Tag, kind_filter, search_all_runs,
+                            sqlite_path)
 from models.config import ConfigError
 from orchestrator.tracking_resume import ResumePoint, resume_point, write_backfill
 from orchestrator.tracking_store import open_client
@@ -67,8 +68,13 @@ def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
 
 
 def trial_params(trial: TrialConfig) -> dict[str, str]:
-    """The flattened TrialConfig (model.depth, train.lr, seed, ...) as MLflow params."""
-    return flatten("", trial.to_dict(), {})
+    """The flattened TrialConfig (model.depth, train.lr, seed, ...) as MLflow params. A
+    plain net logs model.shortcut = "none": it has no shortcut (its config keeps the
+    default, so trial_id is unchanged)."""
+    params = flatten("", trial.to_dict(), {})
+    if not trial.model.residual and ParamName.SHORTCUT in params:
+        params[ParamName.SHORTCUT] = NO_SHORTCUT
+    return params
 
 
 def git_commit() -> str:
@@ -286,6 +292,11 @@ class StudyTracker:
         writer, else one request)."""
         from mlflow.entities import Metric, RunTag
 
+        # The network's size is no curve: tags, not metrics (analysis.store.SIZE_TAGS).
+        size = {SIZE_TAGS[k]: f"{float(v):.0f}" for k, v in metrics.items() if k in SIZE_TAGS}
+        if size:
+            metrics = {k: v for k, v in metrics.items() if k not in SIZE_TAGS}
+            tags = {**tags, **size}
         if self.writer is not None:
             self.writer.log_epoch(run_id, metrics, step, tags)
             return

@@ -12,8 +12,10 @@ Stop it with Ctrl-C.
 
 MLflow 3 opens on a GenAI overview by default; the printed address
 (/#/experiments/<id>/runs?workflowType=machine_learning) goes straight to the training
-runs. There: Columns -> add params model.depth, model.residual, model.shortcut; Group by a
-param; the chart view plots train_error against epoch for the selected runs.
+runs. There: Columns -> add params model.depth, model.residual, model.shortcut; Group by
+model.depth, then model.residual (residual alone averages the depths together); the chart
+view plots train_error against epoch for the selected runs. Report links open here when
+`resweep report --ui-url` names this address (the default port is 5000).
 
 With an http(s) --tracking-uri the server already exists: only the addresses are printed.
 """

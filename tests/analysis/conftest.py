@@ -18,14 +18,19 @@ One store serves the whole session (`analysis_store`: every study below, written
     degradation_trials(seeds=3, depths=(8, 14, 20), ...)    trials with a known answer
     fake_trial(depth, residual, seed, train_error, test_error, ...)   one FakeTrial
     trial_config(study, fake) -> the TrialConfig `resweep run` would log for it
+    tiny_ablation / tiny_grid / tiny_search   TinyStudy: a real tiny study per design, run
+                                              and reported through the CLI (see below)
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,3 +269,93 @@ def fake_trial():
 def trial_config():
     """trial_config(study, fake) -> the TrialConfig a FakeTrial is recorded with."""
     return _trial_config
+
+
+# ---- tiny real studies, one per design (`resweep run` + `resweep report`) ---------------
+# Real trials: Fashion-MNIST (384 training images), CIFAR nets of width 0.25 (0.5 as the
+# grid's second width), one epoch (two for the search, so ASHA can stop some). Each
+# fixture runs the CLI of this checkout in a subprocess (its own embedded Ray), once per
+# session; run the module that uses them under the heavy lock.
+
+TINY_DATA = {"dataset": "fashion-mnist", "train_size": 384, "val_size": 128, "test_size": 256,
+             "augment": False}
+TINY_TRAIN = {"recipe": "cosine", "epochs": 1, "batch_size": 32, "lr": 0.1, "threads": 1}
+TINY_STUDIES = {
+    "ablation": {"name": "tiny-shortcuts", "data": TINY_DATA, "train": TINY_TRAIN,
+                 "model": {"family": "cifar", "block": "basic", "width": 0.25},
+                 "design": "ablation",
+                 "baseline": {"depth": 8, "residual": True, "shortcut": "A"},
+                 "vary": {"shortcut": ["A", "B", "C"], "residual": [False]},
+                 "repeats": 2, "resources": {"cpu": 1}},
+    "grid": {"name": "tiny-width", "data": TINY_DATA, "train": TINY_TRAIN,
+             "model": {"family": "cifar", "block": "basic", "shortcut": "A"},
+             "design": "grid",
+             "space": {"width": [0.25, 0.5], "depth": [8, 14], "residual": [False, True]},
+             "repeats": 1, "resources": {"cpu": 1}},
+    "search": {"name": "tiny-search", "data": TINY_DATA,
+               "train": {**{k: v for k, v in TINY_TRAIN.items() if k != "lr"}, "epochs": 2},
+               "model": {"family": "cifar", "block": "basic", "residual": True, "width": 0.25},
+               "design": "search",
+               "space": {"depth": {"choice": [8, 14]}, "shortcut": {"choice": ["A", "B"]},
+                         "train.lr": {"float": {"low": 0.01, "high": 0.3, "log": True}}},
+               "search": {"algorithm": "optuna-tpe", "num_samples": 6, "metric": "val_error",
+                          "mode": "min", "max_concurrent": 2, "seed": 0,
+                          "scheduler": {"asha": {"max_t": 2, "grace_period": 1,
+                                                 "reduction_factor": 2}}},
+               "repeats": 1, "resources": {"cpu": 1}},
+}
+
+
+@dataclass
+class TinyStudy:
+    """A tiny study run and reported: its file, store, report folder and report output."""
+
+    name: str
+    path: Path
+    uri: str
+    report_dir: Path
+    report_out: str
+    ui_url: str = "http://127.0.0.1:5123"
+
+
+def _resweep_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _tiny_study(root: Path, design: str) -> TinyStudy:
+    import yaml
+
+    spec = TINY_STUDIES[design]
+    path = root / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run = _resweep_cli("run", str(path), "--tracking-uri", uri, "--storage",
+                       str(root / "ray_results"), "--quiet", cwd=root)
+    assert run.returncode == 0, run.stdout + run.stderr
+    study = TinyStudy(spec["name"], path, uri, root / "report", "")
+    report = _resweep_cli("report", str(path), "--tracking-uri", uri, "--out",
+                          str(study.report_dir), "--ui-url", study.ui_url, cwd=root)
+    assert report.returncode == 0, report.stdout + report.stderr
+    study.report_out = report.stdout
+    return study
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation(tmp_path_factory) -> TinyStudy:
+    """A shortcuts.yaml-style ablation: resnet-8 A baseline, B, C and plain, 2 seeds."""
+    return _tiny_study(tmp_path_factory.mktemp("tiny-ablation"), "ablation")
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory) -> TinyStudy:
+    """A width.yaml-style grid: width 0.25/0.5 x depth 8/14 x plain/residual, 1 seed."""
+    return _tiny_study(tmp_path_factory.mktemp("tiny-grid"), "grid")
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory) -> TinyStudy:
+    """An Optuna TPE search of 6 trials with ASHA over depth, shortcut and lr."""
+    return _tiny_study(tmp_path_factory.mktemp("tiny-search"), "search")

@@ -83,7 +83,10 @@ def test_full_study_report(store, full_report):
         assert (tmp_path / "figures" / f"{name}.png").is_file()
         assert (tmp_path / "figures" / f"{name}.svg").is_file()
     # Self-contained: figures inline, nothing fetched from elsewhere.
-    assert html.count('src="data:image/png;base64,') == len(ALL_FIGURES)
+    # Plus the design views this grid supports: depth x shortcut map (2), Pareto (1).
+    assert html.count('src="data:image/png;base64,') == len(ALL_FIGURES) + 3
+    for name in ("7-depth-factor-map", "8-depth-factor-curves", "12-pareto-fronts"):
+        assert f'<figure id="{name}"><img' in html
     assert not re.search(r'(src|href)="(?!data:|http://127\.0\.0\.1:5000/#/|#)', html)
     assert "<th>verdict</th>" in html and html.count('class="supported"') == 5
     assert "Shortcut options (Table 3 style)" in html
@@ -141,7 +144,8 @@ def test_minimal_study_draws_only_what_its_data_supports(store, tmp_path, capsys
                                 str(tmp_path), "--no-log")
     assert code == 0, err
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
-    assert drawn == ["1-training-curves", "2-degradation-map"]
+    # ... and the Pareto fronts, which every design with sizes supports.
+    assert drawn == ["1-training-curves", "12-pareto-fronts", "2-degradation-map"]
     html = (tmp_path / "report.html").read_text()
     assert "3-shortcuts" not in html and "Shortcut options (Table 3 style)" not in html
     assert re.search(r"NOT TESTABLE +Shortcut options A, B and C", out)
@@ -156,8 +160,10 @@ def test_search_study_without_comparable_cells(store, tmp_path, capsys):
     code, out, err = run_report(capsys, SEARCH, "--tracking-uri", store, "--out",
                                 str(tmp_path), "--no-log")
     assert code == 0, err
-    # No configuration was trained at two depths: no degradation map, nothing testable.
-    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == ["1-training-curves"]
+    # No configuration was trained at two depths: no degradation map, nothing testable
+    # (the Pareto fronts need no comparable cells).
+    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == \
+        ["1-training-curves", "12-pareto-fronts"]
     assert out.count("NOT TESTABLE") == 5 and "3 finished, 2 stopped" in out
     html = (tmp_path / "report.html").read_text()
     assert html.count('class="status-stopped"') == 2

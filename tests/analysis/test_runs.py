@@ -32,7 +32,9 @@ def test_one_row_per_trial_with_parsed_params_and_final_metrics(store, trial_con
     assert plain14["trial_id"] == trial_config(STUDY, fake_trial(14, False, 0, 0, 0)).trial_id
     assert plain14["label"] == "plain-14" and plain14["series"] == "plain"
     assert plain14["params"] == 14000 and plain14["mlflow_status"] == "FINISHED"
-    assert set(runs.varying) == {"model.depth", "model.residual"}
+    # Plain nets have no shortcut ("none"; this store's writer logs it, older ones "A").
+    assert plain14["shortcut"] == plain14["model.shortcut"] == "none"
+    assert set(runs.varying) == {"model.depth", "model.residual", "model.shortcut"}
 
 
 def test_reruns_are_deduplicated_and_the_latest_parent_is_used(store):

@@ -25,8 +25,14 @@ def test_runs_view_and_run_addresses():
     assert base == "http://127.0.0.1:5000"
     assert runs_view_url(base, "3") == \
         "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-    assert run_url("http://mlflow:5000", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    # A run's page in the training-runs view too, not MLflow 3's GenAI default.
+    assert run_url("http://mlflow:5000", "3", "abc") == \
+        "http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     assert ui_base_url("http://tracking.example:8080/") == "http://tracking.example:8080"
+    # --ui-url (e.g. `resweep ui --port 5001`'s address) wins over both.
+    assert ui_base_url("sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5001/") == \
+        "http://127.0.0.1:5001"
+    assert ui_base_url("http://tracking.example:8080", "http://ui:9") == "http://ui:9"
 
 
 @pytest.fixture(scope="module")

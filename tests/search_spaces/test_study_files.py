@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 SHIPPED_STUDIES = sorted(Path(search_spaces.__file__).parent.glob("*.yaml"))
 
 EXPECTED_TRIALS = {"degradation": 9, "degradation-quick": 18, "shortcuts": 12,
-                   "bottleneck": 8, "width": 8, "gradient-flow": 8}
+                   "bottleneck": 8, "width": 16, "gradient-flow": 8}
 
 
 def test_every_expected_study_is_shipped():

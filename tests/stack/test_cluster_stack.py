@@ -119,7 +119,7 @@ def check_study(snap: dict, study: str, study_file: Path, per_epoch_keys) -> Non
             [int(value) for _, value in child["metrics"]["epoch"]]
         for key in ("val_error", "train_error", "test_error"):
             assert all(0 <= value <= 1 for _, value in child["metrics"][key])
-        assert child["metrics"]["params"][0][1] > 0
+        assert float(child["tags"]["resweep.params"]) > 0 and "params" not in child["metrics"]
         trial = json.loads(child["artifacts"]["trial.json"])
         assert trial["model"]["residual"] == (child["params"]["model.residual"] == "True")
         assert child["tags"]["resweep.name"] == child["name"] == trial["name"]
