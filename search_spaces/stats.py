@@ -4,6 +4,10 @@ Welch's t-test.
 Studies run 1-5 seeds per cell, so intervals use Student's t, not the normal
 approximation. scipy (installed with mlflow) gives exact quantiles and p-values; without
 it a table of critical values is interpolated in 1/df and p-values are not reported.
+
+Standard library and scipy only: the onset design (`search_spaces.onset`) decides with
+these tests, and `analysis.stats` re-exports them for the findings, so both apply one
+definition.
 """
 
 from __future__ import annotations
