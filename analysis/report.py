@@ -28,6 +28,8 @@ from analysis.figures import (SHORTCUTS_FIGURE, FigureFile, plot_degradation_map
                               plot_shortcuts, plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
+from analysis.onset_view import (HTML_ANCHOR, MARKDOWN_ANCHOR, OnsetSection, onset_section,
+                                 with_section)
 from analysis.probe_views import (layer_response_means, plot_gradient_flow,
                                   plot_layer_responses, probe_table)
 from analysis.runs import StudyRuns
@@ -45,6 +47,7 @@ class Report:
     figures: list[FigureFile]
     findings: Findings
     study_text: str | None
+    onset: OnsetSection | None = None   # design: onset only (analysis.onset_view)
 
 
 def ui_base_url(tracking_uri: str) -> str:
@@ -71,10 +74,16 @@ def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None) 
     findings = compute_findings(runs.trials, layer_response_means(probes))
     figures = make_figures(runs.done, runs.curves, probes, findings, out_dir / "figures")
     study_text = runs.study_text() or study_text
+    onset = onset_section(runs, study_text, out_dir / "figures")  # design: onset only
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
-    html_path.write_text(render_html(runs, findings, figures, study_text), encoding="utf-8")
-    md_path.write_text(render_markdown(runs, findings, figures, out_dir), encoding="utf-8")
-    return Report(html_path, md_path, figures, findings, study_text)
+    html_text, md_text = (render_html(runs, findings, figures, study_text),
+                          render_markdown(runs, findings, figures, out_dir))
+    if onset is not None:
+        html_text = with_section(html_text, onset.html(), HTML_ANCHOR)
+        md_text = with_section(md_text, onset.markdown(out_dir), MARKDOWN_ANCHOR)
+    html_path.write_text(html_text, encoding="utf-8")
+    md_path.write_text(md_text, encoding="utf-8")
+    return Report(html_path, md_path, figures, findings, study_text, onset)
 
 
 def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Sequence
 
 from models.architectures import IMAGENET_LAYOUTS, cifar_depth_step
 from search_spaces.loading import Problem
@@ -263,6 +264,42 @@ def replay(design: OnsetDesign, record: Mapping[Point, float | None]) -> Replay:
             out.pending, out.missing = step, missing
             return out
         seen.update({p: record[p] for p in step.points})
+
+
+class TrialRecord(Mapping):
+    """Point -> value (`record_value`) of a store's done trials, given as
+    {trial_id: (status, final metric)}: each point the design asks about is looked up by
+    its trial_id (`trial_for`), so a range of many depths x seeds.max is never resolved
+    whole. The orchestrator (MLflow's child runs) and the report (its trial table) build
+    the record this one way."""
+
+    def __init__(self, study, outcomes: Mapping[str, tuple[str, float | None]]):
+        self.study = study
+        self.outcomes = outcomes
+        self._ids: dict[Point, str] = {}
+
+    def trial_id(self, point: Point) -> str:
+        if point not in self._ids:
+            self._ids[point] = trial_for(self.study, point).trial_id
+        return self._ids[point]
+
+    def __contains__(self, point) -> bool:
+        return isinstance(point, Point) and self.trial_id(point) in self.outcomes
+
+    def __getitem__(self, point: Point) -> float | None:
+        if point not in self:
+            raise KeyError(point)
+        return record_value(*self.outcomes[self.trial_id(point)])
+
+    def __iter__(self):  # the points looked up so far that are in the store
+        return (p for p in list(self._ids) if p in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def used(self, design: "OnsetDesign") -> dict[Point, float | None]:
+        """The record of the points the design's steps asked for, as a plain dict."""
+        return {p: self[p] for p in replay(design, self).used() if p in self}
 
 
 # ---- load-time checks and trials ------------------------------------------------------

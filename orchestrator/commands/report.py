@@ -73,6 +73,10 @@ def main(args) -> int:
         print("\ndegradation onset (final training error against depth):")
         for line in onset_lines(report.findings):
             print(f"  {line}")
+        if report.onset is not None:
+            print("\nonset design (decision trace replayed from the trials):")
+            for line in report.onset.lines():
+                print(f"  {line}")
         print()
     print(f"report:  {report.html}  (self-contained; open it in a browser)")
     print(f"summary: {report.markdown}")
