@@ -37,8 +37,7 @@ from collections.abc import Mapping
 from typing import Sequence
 
 from models.architectures import IMAGENET_LAYOUTS, cifar_depth_step
-from search_spaces.loading import Problem
-from search_spaces.schema import OnsetSpec, StudySpec
+from search_spaces.schema import OnsetSpec
 from search_spaces.stats import Comparison, compare_greater, t_quantile, welch
 from search_spaces.validate import ParamKey
 from workers.results import FINISHED
@@ -49,7 +48,7 @@ RESOLVED, NO_DEGRADATION, BUDGET = "resolution", "no-degradation", "budget"
 # The two keys the design sets (trial names, `resweep plan` columns).
 DEPTH_KEY = ParamKey("model", "depth", "depth")
 RESIDUAL_KEY = ParamKey("model", "residual", "residual")
-ONSET_FAMILIES = ("cifar", "imagenet")
+ONSET_FAMILIES = ("cifar", "imagenet")   # families with a depth rule to search
 
 
 @dataclass(frozen=True, order=True)
@@ -178,7 +177,7 @@ class OnsetDesign:
             points = tuple(Point(d, False, s) for d in self.coarse_depths()
                            for s in range(self.spec.seeds.start))
             return self._fits(Step(COARSE, points, f"coarse start: depths "
-                                   f"{_list(self.coarse_depths())}, {self.spec.seeds.start} "
+                                   f"{depths_text(self.coarse_depths())}, {self.spec.seeds.start} "
                                    "seeds each"), left, None)
         explored = sorted({p.depth for p in values if not p.residual})
         verdicts = {d: self.verdict(values, d) for d in explored if d != self.reference}
@@ -194,10 +193,10 @@ class OnsetDesign:
             points = tuple(Point(d, False, _count(values, d, False)) for d in grow)
             why = "; ".join(v.describe() for v in undecided)
             return self._fits(Step(SEED, points, f"undecided ({why}): one more seed at "
-                                   f"depths {_list(grow)}", None, tests), left, None)
+                                   f"depths {depths_text(grow)}", None, tests), left, None)
         exhausted = [v.depth for v in undecided]
         note = (f" (undecided at seeds.max {seed_max}, counted as not degraded: depths "
-                f"{_list(exhausted)})" if exhausted else "")
+                f"{depths_text(exhausted)})" if exhausted else "")
         if hi is None:
             return Step(STOP, (), f"no degradation: no depth up to {explored[-1]} is worse "
                         f"than depth {self.reference}{note}", None, tests, NO_DEGRADATION)
@@ -302,61 +301,7 @@ class TrialRecord(Mapping):
         return {p: self[p] for p in replay(design, self).used() if p in self}
 
 
-# ---- load-time checks and trials ------------------------------------------------------
-
-def onset_problems(spec: StudySpec, locations) -> list[Problem]:
-    """What makes an `onset:` block unusable: depths not valid for the block, an empty
-    range, seeds.start > seeds.max, a first step over the budget, fields the design sets."""
-    problems: list[Problem] = []
-
-    def add(path: tuple, message: str) -> None:
-        from search_spaces.loading import format_path
-        problems.append(Problem(locations.where(path), format_path(path), message))
-
-    o, model = spec.onset, spec.model
-    family, block = model.family or "cifar", model.block or "basic"
-    if family not in ONSET_FAMILIES:
-        add(("model", "family"), f"got {family!r}; design onset searches depths of "
-            f"{' or '.join(ONSET_FAMILIES)} nets")
-        return problems
-    for name in ("depth", "residual"):
-        if getattr(model, name) is not None:
-            add(("model", name), f"got {getattr(model, name)!r}; design onset sets "
-                f"model.{name} itself (remove it; the range is onset.depth)")
-    for name in ("repeats", "seeds"):
-        if name in spec.model_fields_set:
-            add((name,), f"got {getattr(spec, name)!r}; design onset sets the seeds itself "
-                "(use onset.seeds: {start, max})")
-    every = valid_depths(family, block, 1, 1202)
-    for end in ("low", "high"):
-        depth = getattr(o.depth, end)
-        if depth not in every:
-            add(("onset", "depth", end), f"got {depth}; a {block} {family} net needs a "
-                f"depth in {_allowed(family, block, every)}")
-    if o.depth.low >= o.depth.high:
-        add(("onset", "depth"), f"got low {o.depth.low} >= high {o.depth.high}; "
-            "`low < high` must hold")
-    if o.seeds.start > o.seeds.max:
-        add(("onset", "seeds"), f"got start {o.seeds.start} > max {o.seeds.max}; "
-            "`start <= max` must hold")
-    if problems:
-        return problems
-    depths = valid_depths(family, block, o.depth.low, o.depth.high)
-    if o.coarse > len(depths):
-        add(("onset", "coarse"), f"got {o.coarse}; {o.depth.low}..{o.depth.high} has "
-            f"{len(depths)} valid depths ({_list(depths)}): at most {len(depths)}")
-    if o.resolution >= len(depths) - 1 and len(depths) > 2:
-        add(("onset", "resolution"), f"got {o.resolution}; with {len(depths)} valid depths "
-            f"it must be below {len(depths) - 1} to leave anything to bisect")
-    first = min(o.coarse, len(depths)) * o.seeds.start
-    if first > o.budget.trials:
-        add(("onset", "budget", "trials"), f"got {o.budget.trials}; the first step alone "
-            f"is {first} trials (coarse {o.coarse} x seeds.start {o.seeds.start})")
-    if o.budget.trials > spec.max_trials:
-        add(("onset", "budget", "trials"), f"got {o.budget.trials}, over max_trials "
-            f"{spec.max_trials}; raise max_trials or lower the budget")
-    return problems
-
+# ---- trials ----------------------------------------------------------------------------
 
 def design_of(study) -> OnsetDesign:
     """The decision rule of a loaded `design: onset` study."""
@@ -402,12 +347,5 @@ def _test(c: Comparison) -> str:
     return f"Welch p = {c.p_value:.2g}" if c.p_value is not None else "Welch"
 
 
-def _list(depths) -> str:
+def depths_text(depths) -> str:
     return ", ".join(map(str, depths))
-
-
-def _allowed(family: str, block: str, every: list[int]) -> str:
-    if family == "imagenet":
-        return _list(every)
-    step = cifar_depth_step(block)
-    return f"{step}n+2 ({_list(every[:4])}, ...)"

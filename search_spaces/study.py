@@ -22,7 +22,8 @@ from models.config import ConfigError, ModelConfig
 from search_spaces.expand import Expansion, expand
 from search_spaces.loading import (Locations, Problem, StudyError, apply_overrides, load_yaml,
                                    read_text)
-from search_spaces.onset import DEPTH_KEY, RESIDUAL_KEY, onset_problems
+from search_spaces.onset import DEPTH_KEY, RESIDUAL_KEY
+from search_spaces.onset_checks import onset_problems
 from search_spaces.schema import SearchSpec, StudySpec
 from search_spaces.validate import ParamKey, schema_problems, semantic_problems
 from workers.config import Resources, TrialConfig
