@@ -57,8 +57,10 @@ def test_first_run_spends_its_budget_on_the_coarse_step(onset_store):
     assert "4 trials to run" in first.stdout
     assert "onset step 1 (coarse, 4 trials): coarse start: depths 8, 20, 2 seeds each" \
         in first.stdout
-    assert "onset stop (budget)" in first.stdout or "onset stop (no-degradation)" in first.stdout \
-        or "onset stop (resolution)" in first.stdout
+    # Depths 8, 14, 20: after the coarse step (8 and 20) the design bisects or adds seeds,
+    # neither fits in 4 trials, unless depth 20 is clearly not degraded.
+    stops = re.findall(r"onset stop \(([a-z-]+)\)", first.stdout)
+    assert stops in (["budget"], ["no-degradation"])
 
 
 def test_rerun_resumes_from_mlflow_and_runs_no_trial_twice(onset_store):
@@ -99,7 +101,7 @@ def test_report_trace_matches_the_trials_and_the_run(onset_store):
         assert section.record[point] == pytest.approx(row["train_error"])
     assert len(section.record) <= 8 and section.state.final is not None
     # The run printed the decisions it made; the report replays the same ones.
-    for number, (step) in enumerate(section.state.trace, 1):
+    for number, step in enumerate(section.state.trace, 1):
         assert f"onset step {number} ({step.action}, {len(step.points)} trials): " \
                f"{step.reason}" in second.stdout
     assert f"onset stop ({section.state.final.stop})" in second.stdout
