@@ -241,7 +241,8 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
                             extra_tags={Tag.DESIGN: study.design,
                                         Tag.RAY_STORAGE: f"{storage}/{experiment_name}",
                                         Tag.OVERRIDES: json.dumps(list(options.overrides))})
-        say(f"resweep run: study {study.name!r} ({study.design}): {plan.num_samples} trials "
+        say(f"resweep run: study {study.name!r} ({study.design}): "
+            + ("at most " if study.design == "onset" else "") + f"{plan.num_samples} trials "
             f"to run" + (f", {plan.already_done} done earlier" if plan.already_done else "")
             + (f", {plan.continued} continue from a checkpoint" if plan.continued else "")
             + f"; {session.describe()}; {plan.cpu:g} CPU / {plan.gpu:g} GPU per trial"
