@@ -115,3 +115,17 @@ def plan_onset(study, tracker, max_concurrent: int | None):
                    study.spec.onset.metric, "min", None, study_epochs(study),
                    study.resources.cpu, study.resources.gpu, max_concurrent,
                    outcome=searcher.outcome)
+
+
+def resume_line(study, tracker) -> str:
+    """What `resweep run` would do with the design now (`--dry-run` on an existing store)."""
+    design = design_of(study)
+    record = earlier_record(study, tracker)
+    state = replay(design, record)
+    if state.pending is None:
+        return (f"resweep run would start nothing: the onset design stopped "
+                f"({state.final.stop}) after {len(record)} trials")
+    return (f"resweep run would resume the onset design at step {len(state.trace)} "
+            f"({state.pending.action}): {len(state.missing)} trials to start now, "
+            f"{len(record)} done earlier, at most {design.max_trials() - len(record)} more "
+            "in all")

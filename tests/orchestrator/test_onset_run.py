@@ -112,3 +112,12 @@ def test_report_trace_matches_the_trials_and_the_run(onset_store):
     assert "## Onset design" in markdown
     assert (root / "report" / "figures" / "6-onset-design.png").stat().st_size > 10_000
     assert f"stopped ({section.state.final.stop})" in report.stdout
+
+
+def test_dry_run_says_the_design_has_stopped(onset_store):
+    root, _, second, _ = onset_store
+    stop = re.search(r"onset stop \(([a-z-]+)\)", second.stdout).group(1)
+    dry = _resweep(root, "run", "onset-tiny.yaml", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "onset: worst case 8 trials (budget 8)" in dry.stdout
+    assert f"resweep run would start nothing: the onset design stopped ({stop})" in dry.stdout
