@@ -48,7 +48,6 @@ class OnsetSearcher(_NoTuneState, Searcher):
 
     def _advance(self) -> None:
         state = replay(self.design, self.record)
-        self.trace = state.trace
         self.queue = list(state.missing)
         self.stopped = state.pending is None
 

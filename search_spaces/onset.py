@@ -100,11 +100,6 @@ class Step:
     stop: str | None = None                    # RESOLVED | NO_DEGRADATION | BUDGET
     residual: str | None = None                # the residual twins' verdict (at the stop)
 
-    def to_dict(self) -> dict:
-        return {"action": self.action, "points": [vars(p) for p in self.points],
-                "reason": self.reason, "bracket": list(self.bracket) if self.bracket else None,
-                "stop": self.stop, "residual": self.residual}
-
 
 @dataclass
 class Replay:
