@@ -34,8 +34,9 @@ class Tag:
     STUDY_HASH = "resweep.study_hash"          # the file and its --set overrides
     GIT_COMMIT = "resweep.git_commit"
     VERSION = "resweep.version"
-    DESIGN = "resweep.design"                  # grid | ablation | search
+    DESIGN = "resweep.design"                  # grid | ablation | search | onset
     RAY_STORAGE = "resweep.ray_storage"        # Tune's trial folders of this run
+    OVERRIDES = "resweep.overrides"            # the run's --set items (JSON list)
     BEST_RUN_ID = "resweep.best_run_id"
     BEST_TRIAL = "resweep.best_trial"
     # child runs

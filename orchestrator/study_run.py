@@ -6,7 +6,8 @@
 What runs: every trial of a grid/ablation study whose trial_id has no done child run in
 the study's experiment (so a rerun finishes an interrupted study and an extended study
 runs only its new cells); for a search study, the proposals still missing to reach
-`search.num_samples`. Interrupted trials continue from their last checkpoint (see
+`search.num_samples`; for an onset study, the design's next steps (`orchestrator.onset_search`).
+Interrupted trials continue from their last checkpoint (see
 `orchestrator.tracking` for the MLflow rules).
 """
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import shlex
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Callable, TextIO
 
 from analysis.store import Tag, best_metric_tag, trials_tag
 from models.config import ConfigError
@@ -82,6 +84,7 @@ class RunPlan:
     gpu: float
     max_concurrent: int | None
     epoch_cost: dict[str, float] | None = None  # trial name -> work of one epoch (ETA)
+    outcome: Callable[[], list[str]] | None = None  # the design's closing lines (onset)
 
 
 def storage_root(storage: str | None) -> str:
@@ -200,7 +203,9 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
     study = load_study(options.study_path, options.overrides)
     flush_timeout(), hold_after()  # a bad value fails before anything starts
     tracking_uri = options.tracking_uri or default_tracking_uri()
-    make_plan = plan_search if study.design == "search" else plan_grid
+    from orchestrator.onset_search import plan_onset
+
+    make_plan = {"search": plan_search, "onset": plan_onset}.get(study.design, plan_grid)
     db = sqlite_path(tracking_uri)
     fresh_store = db is not None and not db.exists()
     if options.resume and fresh_store:
@@ -234,8 +239,10 @@ def run_study(options: RunOptions, out: TextIO | None = None) -> int:
         tracker.start_study(study.name, study_hash=study.source_hash,
                             study_text=study.source_text, version=__version__,
                             extra_tags={Tag.DESIGN: study.design,
-                                        Tag.RAY_STORAGE: f"{storage}/{experiment_name}"})
-        say(f"resweep run: study {study.name!r} ({study.design}): {plan.num_samples} trials "
+                                        Tag.RAY_STORAGE: f"{storage}/{experiment_name}",
+                                        Tag.OVERRIDES: json.dumps(list(options.overrides))})
+        say(f"resweep run: study {study.name!r} ({study.design}): "
+            + ("at most " if study.design == "onset" else "") + f"{plan.num_samples} trials "
             f"to run" + (f", {plan.already_done} done earlier" if plan.already_done else "")
             + (f", {plan.continued} continue from a checkpoint" if plan.continued else "")
             + f"; {session.describe()}; {plan.cpu:g} CPU / {plan.gpu:g} GPU per trial"
@@ -374,6 +381,8 @@ def _print_summary(study, tracker, plan, logger, seconds: float, out) -> None:
               file=out)
     print(f"  MLflow: {tracker.tracking_uri}  experiment {study.name!r}, parent run "
           f"{tracker.parent_run_name}", file=out)
+    for line in plan.outcome() if plan.outcome else ():
+        print(f"  {line}", file=out)
     failed = [o for o in logger.outcomes.values() if o.status == FAILED]
     if failed:
         print(f"  {len(failed)} failed trial(s) (rerun the same command to retry them):",

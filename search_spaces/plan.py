@@ -3,7 +3,8 @@
 Used by `resweep plan` (and `resweep run --dry-run`). Nothing is trained: grid and
 ablation studies list their expanded trials; a search study lists `num_samples` random
 proposals drawn from its space (a stand-in for what the sampler will propose; with a
-scheduler many stop early, so the total is an upper bound). Times come from
+scheduler many stop early, so the total is an upper bound); an onset study lists its
+first step and the worst case of the whole design within its budget (`plan["onset"]`). Times come from
 `search_spaces.cost`.
 
 `resweep run` asks here too: the order of its trials (`longest_first`, by `trial_work`),
@@ -23,6 +24,7 @@ from models.config import ConfigError
 from search_spaces.cost import (Calibration, calibrate, default_threads, estimate,
                                 gpu_calibration, trial_macs, wall_seconds)
 from search_spaces.names import format_value
+from search_spaces.onset import design_of, trial_for
 from search_spaces.search import InfeasibleParams, search_space, trial_from_params
 from search_spaces.study import Study, expand_study
 from workers.config import TrialConfig
@@ -99,7 +101,25 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
                               if k != "per_trial_bytes"}
     if study.search is not None:
         plan["search"] = {**study.search.model_dump(), "space": search_space(study)}
+    if study.design == "onset":
+        plan["onset"] = _onset_totals(study, rows)
     return plan
+
+
+def _onset_totals(study: Study, rows: list[dict]) -> dict[str, Any]:
+    """An onset study's bounds: the first step (the rows), the most trials the design can
+    run within its budget, and their cost if each took as long as the longest trial of
+    the first step (its deepest net); and the full grid that answers the same question."""
+    design = design_of(study)
+    worst = design.max_trials()
+    longest = max((r["est_seconds"] for r in rows), default=0.0)
+    share = study.resources.gpu if study.resources.gpu > 0 else study.resources.cpu
+    device = "gpu" if study.resources.gpu > 0 else "cpu"
+    grid = len(design.depths) * design.spec.seeds.max
+    return {"depths": design.depths, "first_step": len(rows),
+            "budget_trials": design.spec.budget.trials, "worst_case_trials": worst,
+            f"worst_case_{device}_hours": round(worst * longest / 3600 * share, 3),
+            "full_grid_trials": {"plain": grid, "plain_and_residual": 2 * grid}}
 
 
 def trial_work(study: Study, trial: TrialConfig) -> float:
@@ -121,8 +141,9 @@ def longest_first(study: Study, trials: list[TrialConfig]) -> list[TrialConfig]:
 def study_epochs(study: Study) -> int | None:
     """Epochs a trial of the study trains for (a scheduler's horizon, the progress ETA);
     None when its trials run a number of iterations. Grid and ablation: the first trial's;
-    search: the study's `train` resolved with its recipe (the space may vary it further)."""
-    if study.design != "search":
+    search and onset: the study's `train` resolved with its recipe (a search space may vary
+    it further)."""
+    if study.design in ("grid", "ablation"):
         trials = expand_study(study)
         return trials[0].train.epochs if trials else None
     from workers.recipes import resolve_recipe
@@ -183,6 +204,13 @@ def _slots(study: Study, cpus: int | None, gpus: int | None) -> tuple[int, dict]
 
 
 def _trials_of(study: Study) -> tuple[list[TrialConfig], list[dict], str | None]:
+    if study.design == "onset":
+        step = design_of(study).decide({})
+        trials = [trial_for(study, p) for p in step.points]
+        cells = [{"depth": p.depth, "residual": p.residual} for p in step.points]
+        return trials, cells, (f"onset: the first step only ({step.reason}); the design "
+                               "then bisects, adds seeds and runs residual twins as the "
+                               "results decide (see the onset lines)")
     if study.design != "search":
         trials = expand_study(study)
         return trials, [study.cell_values(t) for t in trials], None
@@ -302,4 +330,13 @@ def format_table(plan: dict[str, Any]) -> str:
         out.append(f"GPU memory ({verdict}): {g['message']} (estimates: workers/memory.py)")
     if plan.get("note"):
         out.append(f"note: {plan['note']}")
+    if "onset" in plan:
+        o = plan["onset"]
+        hours = next(f"{v:.2f} {k.split('_')[2].upper()}-hours" for k, v in o.items()
+                     if k.endswith("_hours"))
+        out.append(f"onset: worst case {o['worst_case_trials']} trials (budget "
+                   f"{o['budget_trials']}), at most {hours} (each as long as the longest "
+                   f"trial above); the full grid over the {len(o['depths'])} depths at "
+                   f"seeds.max: {o['full_grid_trials']['plain']} plain trials, "
+                   f"{o['full_grid_trials']['plain_and_residual']} with residual twins")
     return "\n".join(out)

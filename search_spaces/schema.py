@@ -26,9 +26,9 @@ from typing_extensions import Annotated
 from models.config import ModelConfig, Setting, settings
 from workers.config import DataConfig, Resources, TrainConfig
 from workers.results import OBJECTIVE_METRICS as METRICS  # what a search may optimise
-from workers.results import VAL_ERROR
+from workers.results import ERROR_METRICS, TRAIN_ERROR, VAL_ERROR
 ALGORITHMS = ("optuna-tpe", "optuna-random")
-DESIGNS = ("grid", "ablation", "search")
+DESIGNS = ("grid", "ablation", "search", "onset")
 # Caps of the study-level numbers (the config fields' caps are on their declarations);
 # search_spaces/README.md, "Caps", gives the reasons.
 MAX_SEEDS = 1000        # seeds per cell (repeats, or the length of seeds)
@@ -231,6 +231,47 @@ class SearchSpec(_Spec):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="the sampler's seed")
 
 
+class OnsetDepths(_Spec):
+    """The depth range searched, both ends valid depths of the block (6n+2 / 9n+2)."""
+
+    low: int = Field(ge=1, le=1202)
+    high: int = Field(ge=1, le=1202)
+
+
+class OnsetSeeds(_Spec):
+    """Seeds per depth: `start` at each new depth, one more where a test is undecided."""
+
+    start: int = Field(2, ge=2, le=MAX_SEEDS, description="Welch's test needs 2")
+    max: int = Field(5, ge=2, le=MAX_SEEDS)
+
+
+class OnsetBudget(_Spec):
+    """The most trials the design may run (residual twins included)."""
+
+    trials: int = Field(ge=1, le=10_000)
+
+
+class OnsetSpec(_Spec):
+    """How a `design: onset` study looks for the depth where plain nets degrade
+    (search_spaces.onset)."""
+
+    depth: OnsetDepths
+    metric: Literal[ERROR_METRICS] = Field(TRAIN_ERROR, description="the paper defines "
+                                           "degradation on training error")
+    # 1 percentage point: the scale of "no real difference" the report's findings use.
+    margin: float = Field(0.01, gt=0, lt=1, description="a difference that matters "
+                          "(fraction)")
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seeds: OnsetSeeds = OnsetSeeds()
+    coarse: int = Field(4, ge=2, le=64, description="depths of the first batch, ends "
+                        "included")
+    resolution: int = Field(1, ge=1, le=1000, description="stop when the bracketing "
+                            "depths are at most this many valid depths apart (1: adjacent)")
+    budget: OnsetBudget
+    residual_check: bool = Field(True, description="also run the residual twins at the "
+                                 "bracketing depths")
+
+
 class StudySpec(_Spec):
     """One study file. See search_spaces/README.md for examples of each design."""
 
@@ -255,6 +296,7 @@ class StudySpec(_Spec):
                              Field(min_length=1, max_length=MAX_SEEDS)]] = Field(
         None, description="explicit seeds instead of repeats")
     search: Optional[SearchSpec] = None
+    onset: Optional[OnsetSpec] = None
     resources: ResourcesSpec = ResourcesSpec()
     max_trials: int = Field(500, ge=1, le=10_000, description="refuse studies with more trials")
 

@@ -22,6 +22,8 @@ from models.config import ConfigError, ModelConfig
 from search_spaces.expand import Expansion, expand
 from search_spaces.loading import Locations, Problem, StudyError, load_yaml, read_text
 from search_spaces.overrides import apply_overrides
+from search_spaces.onset import DEPTH_KEY, RESIDUAL_KEY
+from search_spaces.onset_checks import onset_problems
 from search_spaces.schema import SearchSpec, StudySpec
 from search_spaces.validate import ParamKey, schema_problems, semantic_problems
 from workers.config import Resources, TrialConfig
@@ -37,7 +39,7 @@ class Study:
 
     name: str
     description: str
-    design: str                      # grid | ablation | search
+    design: str                      # grid | ablation | search | onset
     repeats: int
     seeds: list[int]
     resources: Resources
@@ -59,7 +61,10 @@ class Study:
 
     @property
     def varied_keys(self) -> list[ParamKey]:
-        """The keys the design varies, in file order (space or vary)."""
+        """The keys the design varies, in file order (space or vary; onset: depth and
+        residual)."""
+        if self.design == "onset":
+            return [DEPTH_KEY, RESIDUAL_KEY]
         names = list(self.spec.space or {}) if self.design != "ablation" \
             else list(self.spec.vary or {})
         return [self.keys[n] for n in names if n in self.keys]
@@ -132,6 +137,8 @@ def load_study_text(text: str, filename: str = "<study>",
             from search_spaces.search import feasibility_problems
 
             problems += feasibility_problems(spec, keys, locations)
+        elif not problems and spec.design == "onset" and spec.onset is not None:
+            problems += onset_problems(spec, locations)
     if problems:
         raise StudyError(_in_file_order(problems))
 
@@ -200,6 +207,10 @@ def expand_study(study: Study) -> list[TrialConfig]:
         raise ConfigError(f"{study.source_path}: design: got 'search'; expand_study lists "
                           "grid and ablation trials; a search proposes them: use "
                           "search_spaces.search_space(study) and trial_from_params(...)")
+    if study.design == "onset":
+        raise ConfigError(f"{study.source_path}: design: got 'onset'; expand_study lists "
+                          "grid and ablation trials; the onset design decides them step by "
+                          "step: use search_spaces.onset (design_of, replay, trial_for)")
     if study.expansion is None:  # built by hand rather than by load_study
         study.expansion = expand(study.spec, study.keys, study.locations or Locations(
             study.source_path))

@@ -261,7 +261,7 @@ def semantic_problems(spec: StudySpec, bad_sections: set[str], locations: Locati
 
 def _check_design_sections(spec: StudySpec, report: _Report, partly_bad) -> None:
     needs = {"grid": ("space",), "ablation": ("baseline", "vary"),
-             "search": ("space", "search")}[spec.design]
+             "search": ("space", "search"), "onset": ("onset",)}[spec.design]
     allowed = set(needs)
     for section in needs:
         if getattr(spec, section) in (None, {}) and section not in partly_bad:
@@ -269,13 +269,14 @@ def _check_design_sections(spec: StudySpec, report: _Report, partly_bad) -> None
                         "distributions" if spec.design == "search" else "lists of values"),
                     "baseline": "a mapping of keys to values",
                     "vary": "a mapping of keys to lists of values",
-                    "search": "search settings (algorithm, num_samples, metric, ...)"}[section]
+                    "search": "search settings (algorithm, num_samples, metric, ...)",
+                    "onset": "onset settings (depth, budget, ...)"}[section]
             got = "nothing" if getattr(spec, section) is None else "an empty mapping"
             report.add((section,), f"got {got}; design {spec.design!r} needs {what}")
-    for section in ("space", "baseline", "vary", "search"):
+    for section in ("space", "baseline", "vary", "search", "onset"):
         if section not in allowed and getattr(spec, section) is not None:
             users = {"space": "grid or search", "baseline": "ablation",
-                     "vary": "ablation", "search": "search"}[section]
+                     "vary": "ablation", "search": "search", "onset": "onset"}[section]
             report.add((section,), f"got a {section} section with design {spec.design!r}; "
                        f"`{section}` belongs to design {users}")
     if spec.design == "grid" and spec.space:

@@ -41,13 +41,22 @@ def _search_trials(study):
     return trials
 
 
+def _onset_trials(study):
+    """Trials of an onset study at every depth of its range, plain and residual, seed 0."""
+    from search_spaces.onset import Point, design_of, trial_for
+
+    return [trial_for(study, Point(depth, residual, 0))
+            for depth in design_of(study).depths for residual in (False, True)]
+
+
 def current_ids() -> dict:
     from orchestrator.tracking import trial_params
 
     out: dict = {"studies": {}, "params": None}
     for path in sorted(STUDIES.glob("*.yaml")):
         study = load_study(path)
-        trials = _search_trials(study) if study.design == "search" else expand_study(study)
+        trials = _search_trials(study) if study.design == "search" else \
+            _onset_trials(study) if study.design == "onset" else expand_study(study)
         out["studies"][path.name] = {t.name: t.trial_id for t in trials}
         if out["params"] is None and trials:
             out["params"] = sorted(trial_params(trials[0]))

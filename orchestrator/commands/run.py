@@ -107,10 +107,17 @@ def _dry_run(args) -> int:
     study = load_study(args.study, args.overrides)
     print(format_table(plan_study(study)))
     done = _done_earlier(study, args.tracking_uri)
-    if done is not None and study.design != "search":
+    if done is not None and study.design in ("grid", "ablation"):
         trial_ids = {t.trial_id for t in expand_study(study)}
         print(f"\nresweep run would start {len(trial_ids - done)} trials; "
               f"{len(trial_ids & done)} are already done")
+    if done is not None and study.design == "onset":
+        from analysis.store import default_tracking_uri
+        from orchestrator.onset_search import resume_line
+        from orchestrator.tracking import StudyTracker
+
+        tracker = StudyTracker.open(args.tracking_uri or default_tracking_uri(), study.name)
+        print(f"\n{resume_line(study, tracker)}")
     return 0
 
 

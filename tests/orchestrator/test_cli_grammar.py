@@ -104,7 +104,8 @@ def test_set_on_a_varied_key_names_the_where_that_picks_it(capsys):
     assert err[:2] == [
         "resweep train: error: search_spaces/degradation-quick.yaml (--set seed=0): seed: got "
         "the unknown key 'seed'; allowed: name, description, data, train, model, design, "
-        "space, baseline, vary, constraints, repeats, seeds, search, resources, max_trials",
+        "space, baseline, vary, constraints, repeats, seeds, search, onset, resources, "
+        "max_trials",
         "resweep train: error: search_spaces/degradation-quick.yaml:29: space.depth: got "
         "'depth' here and in model.depth; a field is either fixed in `model` or varied in "
         "`space`, remove one"]

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 SHIPPED_STUDIES = sorted(Path(search_spaces.__file__).parent.glob("*.yaml"))
 
 EXPECTED_TRIALS = {"degradation": 9, "degradation-quick": 18, "shortcuts": 12,
-                   "bottleneck": 8, "width": 16, "gradient-flow": 8}
+                   "bottleneck": 8, "width": 16, "gradient-flow": 8, "onset": 8}
 
 
 def test_every_expected_study_is_shipped():
@@ -42,6 +42,9 @@ def test_shipped_study_loads_expands_and_plans(path, capsys, fixed_calibration, 
     if study.design == "search":
         space = search_space(study)
         assert space and all(d["type"] in ("choice", "int", "float") for d in space.values())
+    elif study.design == "onset":  # the plan lists the first step
+        assert EXPECTED_TRIALS[study.name] == study.spec.onset.coarse * \
+            study.spec.onset.seeds.start
     else:
         trials = expand_study(study)
         assert len(trials) == EXPECTED_TRIALS[study.name]

@@ -26,6 +26,18 @@ search: {num_samples: 2}
 """
 
 
+ONSET = """\
+name: o
+data: {dataset: fashion-mnist, train_size: 256, val_size: 64}
+train: {recipe: cosine, epochs: 1}
+model: {family: cifar, width: 0.25}
+design: onset
+onset:
+  depth: {low: 8, high: 26}
+  budget: {trials: 12}
+"""
+
+
 def edit(old: str, new: str, base: str = SMALL_STUDY) -> str:
     assert old in base, old
     return base.replace(old, new)
@@ -174,6 +186,16 @@ constraints:
     ("bad-set-value", SMALL_STUDY, ["train.epochs=abc"],
      ["(--set train.epochs=abc)", "train.epochs", "'abc'"]),
     ("bad-set-space-key", SMALL_STUDY, ["space.colour=[1]"], ["space.colour"]),
+    ("unknown-onset-key", ONSET.replace("trials: 12}", "trials: 12, gpu_hours: 2}"), [],
+     ["study.yaml:8:", "onset.budget.gpu_hours"]),
+    ("onset-without-settings", ONSET.replace(ONSET[ONSET.index("onset:\n"):], ""), [],
+     ["onset", "design 'onset' needs"]),
+    ("onset-depth-not-of-the-block", ONSET.replace("high: 26", "high: 27"), [],
+     ["study.yaml:7:", "onset.depth.high: got 27", "6n+2"]),
+    ("onset-sets-depth", ONSET.replace("width: 0.25", "width: 0.25, depth: 20"), [],
+     ["study.yaml:4:", "model.depth: got 20; design onset sets model.depth itself"]),
+    ("onset-set-seeds", ONSET, ["onset.seeds={start: 3, max: 2}"],
+     ["onset.seeds: got start 3 > max 2"]),
 ]
 
 
