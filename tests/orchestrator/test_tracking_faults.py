@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.store import SIZE_TAGS
 from orchestrator.tracking_writer import FLUSH_TIMEOUT_ENV, HOLD_ENV
 from search_spaces import expand_study, load_study
 from workers.checkpoints import HISTORY_NAME
@@ -144,7 +145,8 @@ def test_driver_killed_with_queued_results_rerun_backfills_every_epoch_once(
     study = write_study("driver-kill-backlog", space={"depth": [2, 4]}, epochs=EPOCHS,
                         model=mlp)
     victim, other = (t.name for t in expand_study(load_study(study)))
-    keys = [k for k in per_epoch_keys if k not in TIMING_KEYS] + ["params", "macs"]
+    keys = [k for k in per_epoch_keys if k not in TIMING_KEYS]
+    size_tags = sorted(SIZE_TAGS.values())   # params and macs: tags, logged with the end
 
     # The reference: the same study, uninterrupted, in its own store and folders.
     ref_uri = f"sqlite:///{tmp_path}/reference.db"
@@ -152,6 +154,7 @@ def test_driver_killed_with_queued_results_rerun_backfills_every_epoch_once(
     assert ref.wait(timeout=300) == 0, ref.output
     _, ref_children = study_runs(ref_uri, "driver-kill-backlog")
     reference = {c.info.run_name: curves(client_for(ref_uri), c, keys) for c in ref_children}
+    reference_size = {c.info.run_name: [c.data.tags[t] for t in size_tags] for c in ref_children}
     assert sorted(reference) == sorted([victim, other])
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -193,14 +196,15 @@ def test_driver_killed_with_queued_results_rerun_backfills_every_epoch_once(
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.info.run_id for c in children) == \
         sorted(c.info.run_id for c in by_name.values())   # continued in the same runs
-    assert_every_epoch_once(client, children, [k for k in keys if k not in
-                                               ("params", "macs")])
+    assert_every_epoch_once(client, children, keys)
     for child in children:
         assert child.data.tags["resweep.status"] == "finished"
         assert child.data.tags["resweep.duplicate_results"] == "0"
         # Every epoch's value (and params, macs) equals the uninterrupted run's.
         assert curves(client, child, keys) == reference[child.info.run_name], \
             child.info.run_name
+        assert [child.data.tags[t] for t in size_tags] == \
+            reference_size[child.info.run_name], child.info.run_name
 
 
 @pytest.fixture
