@@ -63,7 +63,7 @@ class OnsetSection:
             lines.append(f"bracket: depth {lo} not degraded, depth {hi} degraded; deciding "
                          f"test: {decided[hi].describe()}")
         if final.residual:
-            lines.append(f"residual twins: {final.residual}")
+            lines.append(f"residual twins: {final.residual.describe()}")
         return lines
 
     def steps(self) -> list[tuple[int, str, str, str]]:

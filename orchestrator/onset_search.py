@@ -71,7 +71,7 @@ class OnsetSearcher(_NoTuneState, Searcher):
                  f"{step.reason}" for i, step in enumerate(state.trace)]
         if state.final is not None:
             lines.append(f"onset stop ({state.final.stop})"
-                         + (f": {state.final.residual}" if state.final.residual else ""))
+                         + (f": {state.final.residual.describe()}" if state.final.residual else ""))
         else:
             lines.append(f"onset: not finished ({len(state.missing)} trials of step "
                          f"{len(state.trace)} missing{', a trial failed' if self.failed else ''}"

@@ -98,7 +98,32 @@ class Step:
     bracket: tuple[int, int] | None = None     # (deepest not degraded, shallowest degraded)
     verdicts: tuple[Verdict, ...] = ()         # the tests this decision read
     stop: str | None = None                    # RESOLVED | NO_DEGRADATION | BUDGET
-    residual: str | None = None                # the residual twins' verdict (at the stop)
+    residual: "TwinVerdict | None" = None      # the residual twins' verdict (at the stop)
+
+
+@dataclass(frozen=True)
+class TwinVerdict:
+    """Do shortcuts fix the degradation at the bracket (lo, hi): `gain` tests plain minus
+    residual at hi (> 0: the residual net trains better), `worse` residual at hi minus
+    residual at lo (> 0: the residual nets degrade too). Fixed: the gain is significant
+    and the residual nets are not significantly worse (None: no finished twins)."""
+
+    bracket: tuple[int, int]
+    gain: Comparison | None
+    worse: Comparison | None
+
+    @property
+    def fixed(self) -> bool:
+        return bool(self.gain and self.worse and self.gain.greater and not self.worse.greater)
+
+    def describe(self) -> str:
+        lo, hi = self.bracket
+        if self.gain is None or self.worse is None:
+            return "no finished results"
+        return (f"{'shortcuts fix it' if self.fixed else 'not fixed'}: at depth {hi} plain "
+                f"minus residual {100 * self.gain.diff:+.2f} pp ({_test(self.gain)}); "
+                f"residual {hi} minus residual {lo} {100 * self.worse.diff:+.2f} pp "
+                f"({_test(self.worse)})")
 
 
 @dataclass
@@ -219,20 +244,16 @@ class OnsetDesign:
         return Step(STOP, (), resolved, bracket, tests, RESOLVED)
 
     def residual_verdict(self, values: Mapping[Point, float | None],
-                         bracket: tuple[int, int]) -> str:
-        """Do shortcuts fix it: the residual net at the degraded depth beats the plain
-        net there, and is not itself worse than the residual net at the shallower one."""
+                         bracket: tuple[int, int]) -> TwinVerdict:
+        """The residual twins' verdict at the bracket (`TwinVerdict`)."""
         lo, hi = bracket
         plain_hi, res_hi = _series(values, hi, False), _series(values, hi, True)
         res_lo = _series(values, lo, True)
         if min(len(plain_hi), len(res_hi), len(res_lo)) == 0:
-            return "residual twins: no finished results"
-        gain = compare_greater(plain_hi, res_hi, self.spec.margin, self.spec.alpha)
-        worse = compare_greater(res_hi, res_lo, self.spec.margin, self.spec.alpha)
-        fixed = gain.greater and not worse.greater
-        return (f"{'shortcuts fix it' if fixed else 'not fixed'}: at depth {hi} plain minus "
-                f"residual {100 * gain.diff:+.2f} pp ({_test(gain)}); residual {hi} minus "
-                f"residual {lo} {100 * worse.diff:+.2f} pp ({_test(worse)})")
+            return TwinVerdict(bracket, None, None)
+        return TwinVerdict(bracket,
+                           compare_greater(plain_hi, res_hi, self.spec.margin, self.spec.alpha),
+                           compare_greater(res_hi, res_lo, self.spec.margin, self.spec.alpha))
 
     def _fits(self, step: Step, left: int, bracket) -> Step:
         if len(step.points) <= left:

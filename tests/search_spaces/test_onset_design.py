@@ -62,7 +62,7 @@ def test_coarse_bisect_residual_then_resolution_stop():
     assert trace[2].points == tuple(Point(d, True, s) for d in (26, 32) for s in (0, 1))
     final = trace[-1]
     assert final.stop == RESOLVED and final.bracket == (26, 32)
-    assert final.residual.startswith("shortcuts fix it")
+    assert final.residual.fixed and final.residual.describe().startswith("shortcuts fix it")
     assert len(values) == 14
     verdicts = {v.depth: v.verdict for v in final.verdicts}
     assert verdicts == {26: NOT_DEGRADED, 32: DEGRADED, 38: DEGRADED, 56: DEGRADED}
