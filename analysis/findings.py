@@ -27,6 +27,7 @@ from analysis.cells import (ALPHA, MARGIN, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTE
                             pp_diff, pp_gap, rounded_gap, twin_key, values_by_depth)
 from analysis.claims import (Claim, claim_deeper_residual, claim_degradation, claim_fix,
                              claim_layer_responses, claim_shortcuts)
+from analysis.onset_claims import DESIGN_CLAIMS, DesignResult, design_claims
 from analysis.stats import Comparison, compare_greater, difference_interval, holm
 from workers.results import FINISHED
 
@@ -177,11 +178,14 @@ def series_onsets(done: pd.DataFrame, margin: float = MARGIN, alpha: float = ALP
 
 
 def compute_findings(trials: pd.DataFrame, layer_response_means: dict[str, float] | None = None,
-                     margin: float = MARGIN, alpha: float = ALPHA) -> Findings:
+                     margin: float = MARGIN, alpha: float = ALPHA,
+                     design: DesignResult | None = None) -> Findings:
     """All findings from the trial table of `analysis.runs` (finished trials only).
 
     layer_response_means: {cell: mean over layers and seeds of the layer-response std},
-    from the probes; None or {} when the study has no probes.
+    from the probes; None or {} when the study has no probes. design: a `design: onset`
+    study's replayed decisions; its result decides the depth claims
+    (`analysis.onset_claims`), the all-pairs rules stay in their evidence as a cross-check.
     """
     done = trials[trials["status"] == FINISHED] if not trials.empty else trials
     excluded = trials[trials["status"] != FINISHED] if not trials.empty else trials
@@ -195,4 +199,7 @@ def compute_findings(trials: pd.DataFrame, layer_response_means: dict[str, float
         claim_shortcuts(aggregates, margin),
         claim_layer_responses(aggregates, layer_response_means or {}),
     ]
+    if design is not None:
+        decided = design_claims(design, {c.key: c for c in claims if c.key in DESIGN_CLAIMS})
+        claims = [decided.get(c.key, c) for c in claims]
     return Findings(aggregates, onsets, residual_onsets, gains, claims, excluded, margin, alpha)

@@ -12,7 +12,6 @@ explored points over every valid depth of the range.
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import FigureFile, percent_axis, plt, save_figure
+from analysis.onset_claims import DesignResult
+from analysis.section import Section
 from analysis.store import Tag
 from search_spaces import load_study_text
 from search_spaces.onset import (OnsetDesign, Point, Replay, TrialRecord, design_of,
@@ -27,7 +28,6 @@ from search_spaces.onset import (OnsetDesign, Point, Replay, TrialRecord, design
 from workers.results import DONE_STATUSES
 
 ONSET_FIGURE = "6-onset-design"
-HTML_ANCHOR, MARKDOWN_ANCHOR = "<h2>Figures</h2>", "## Figures"   # the section goes before
 
 
 @dataclass
@@ -72,37 +72,26 @@ class OnsetSection:
                 for i, s in enumerate(self.state.trace)]
 
     def lines(self) -> list[str]:
-        """The section as text (the terminal and the Markdown summary)."""
+        """The section as text (the terminal)."""
         return ([self.summary()] + [f"step {n} ({action}): {added + '; ' if added else ''}"
                                     f"{reason}" for n, action, added, reason in self.steps()]
                 + self.outcome())
 
-    def html(self) -> str:
-        rows = "".join(f"<tr><td class=num>{n}</td><td>{_e(a)}</td><td>{_e(t)}</td>"
-                       f"<td>{_e(r)}</td></tr>" for n, a, t, r in self.steps())
-        parts = ["<h2>Onset design</h2>", f"<p>{_e(self.summary())}.</p>",
-                 "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in self.outcome()) + "</ul>",
-                 "<h3>Decision trace</h3><table><tr><th>step</th><th>action</th>"
-                 f"<th>trials added</th><th>why</th></tr>{rows}</table>",
-                 "<p class=meta>Replayed from the trials in the store with the design's "
-                 "decision rule (search_spaces/onset.py): the same decisions that chose "
-                 "them.</p>"]
-        if self.figure is not None:
-            import base64
+    def result(self) -> DesignResult:
+        """What the claims table reads (`analysis.onset_claims`)."""
+        return DesignResult(self.design, self.state)
 
-            data = base64.b64encode(self.figure.png.read_bytes()).decode("ascii")
-            parts.append(f'<figure id="{ONSET_FIGURE}"><img alt="{_e(self.figure.title)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption><b>'
-                         f"{_e(self.figure.title)}.</b> {_e(self.figure.caption)}"
-                         "</figcaption></figure>")
-        return "\n".join(parts) + "\n"
-
-    def markdown(self, out_dir: Path) -> str:
-        text = "## Onset design\n\n" + "\n".join(f"- {line}" for line in self.lines())
-        if self.figure is not None:
-            text += (f"\n\n![{self.figure.title}]("
-                     f"{self.figure.png.relative_to(out_dir).as_posix()})")
-        return text + "\n\n"
+    def section(self) -> Section:
+        """The report's section: summary and outcome, the decision trace as a table, the
+        map (`analysis.report` lays it out like every design view, before the others)."""
+        return Section(
+            "onset", "Onset design", [self.summary()] + self.outcome(),
+            ["step", "action", "trials added", "why"],
+            [[str(n), a, t, r] for n, a, t, r in self.steps()],
+            "Decision trace replayed from the trials in the store with the design's decision "
+            "rule (search_spaces/onset.py): the same decisions that chose them. The paper "
+            "claims above are decided by this result.",
+            [self.figure] if self.figure is not None else [], terminal=self.lines())
 
 
 def onset_section(runs, study_text: str | None, figures_dir: Path) -> OnsetSection | None:
@@ -121,13 +110,6 @@ def onset_section(runs, study_text: str | None, figures_dir: Path) -> OnsetSecti
     state = replay(design, record)
     return OnsetSection(design, state, record, plot_onset_map(design, state, record,
                                                               figures_dir))
-
-
-def with_section(text: str, section: str, anchor: str) -> str:
-    """`text` with `section` inserted before the first `anchor` (else at the end)."""
-    if anchor in text:
-        return text.replace(anchor, section + anchor, 1)
-    return text + section
 
 
 def plot_onset_map(design: OnsetDesign, state: Replay, record: dict[Point, float | None],
@@ -185,6 +167,3 @@ def _points_text(points) -> str:
     return "; ".join(f"{'resnet' if r else 'plain'}-{d} " + ",".join(f"s{s}" for s in seeds)
                      for (r, d), seeds in groups.items())
 
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value))

@@ -33,8 +33,7 @@ from analysis.figures import (SHORTCUTS_FIGURE, FigureFile, plot_degradation_map
                               plot_shortcuts, plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
-from analysis.onset_view import (HTML_ANCHOR, MARKDOWN_ANCHOR, OnsetSection, onset_section,
-                                 with_section)
+from analysis.onset_view import OnsetSection, onset_section
 from analysis.probe_views import (layer_response_means, plot_gradient_flow,
                                   plot_layer_responses, probe_table)
 from analysis.results import log_results
@@ -60,9 +59,8 @@ class Report:
 
     @property
     def all_figures(self) -> list[FigureFile]:
-        """The depth figures, then each design section's (the onset design's last)."""
-        onset = [self.onset.figure] if self.onset and self.onset.figure else []
-        return self.figures + [f for s in self.sections for f in s.figures] + onset
+        """The depth figures, then each design section's."""
+        return self.figures + [f for s in self.sections for f in s.figures]
 
 
 def ui_base_url(tracking_uri: str, ui_url: str | None = None) -> str:
@@ -94,18 +92,17 @@ def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None,
     point at `ui_url` (see `ui_base_url`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     probes = probe_table(runs)
-    findings = compute_findings(runs.trials, layer_response_means(probes))
-    figures = make_figures(runs.done, runs.curves, probes, findings, out_dir / "figures")
-    sections = design_sections(runs, findings, out_dir / "figures")
     study_text = runs.study_text() or study_text
     onset = onset_section(runs, study_text, out_dir / "figures")  # design: onset only
+    findings = compute_findings(runs.trials, layer_response_means(probes),
+                                design=onset.result() if onset else None)
+    figures = make_figures(runs.done, runs.curves, probes, findings, out_dir / "figures")
+    sections = ([onset.section()] if onset else []) + design_sections(runs, findings,
+                                                                       out_dir / "figures")
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
     base = ui_base_url(runs.tracking_uri, ui_url)
     html_text = render_html(runs, findings, figures, study_text, base, sections)
     md_text = render_markdown(runs, findings, figures, out_dir, sections)
-    if onset is not None:
-        html_text = with_section(html_text, onset.html(), HTML_ANCHOR)
-        md_text = with_section(md_text, onset.markdown(out_dir), MARKDOWN_ANCHOR)
     html_path.write_text(html_text, encoding="utf-8")
     md_path.write_text(md_text, encoding="utf-8")
     return Report(html_path, md_path, figures, findings, study_text, sections, onset)

@@ -14,7 +14,9 @@ from analysis.figures import FigureFile
 class Section:
     """title: the heading; lines: the section as text (terminal and Markdown list items);
     header/rows: its table (plain text cells, escaped when rendered); note: how it was
-    computed; figures: those it drew (in order)."""
+    computed; figures: those it drew (in order); terminal: the section's text for a
+    terminal instead of the aligned table (a table of long sentences, e.g. a decision
+    trace, reads better as lines)."""
 
     key: str
     title: str
@@ -23,6 +25,7 @@ class Section:
     rows: list[list[str]]
     note: str = ""
     figures: list[FigureFile] = field(default_factory=list)
+    terminal: list[str] | None = None
 
     def markdown(self) -> list[str]:
         out = [f"## {self.title}", ""] + [f"- {line}" for line in self.lines]
@@ -49,8 +52,9 @@ class Section:
 
     def text(self) -> list[str]:
         """The section for a terminal: title, lines, the table with aligned columns."""
-        out = [f"{self.title}:"] + [f"  {line}" for line in self.lines]
-        if self.rows:
+        out = [f"{self.title}:"] + [f"  {line}" for line in (
+            self.lines if self.terminal is None else self.terminal)]
+        if self.rows and self.terminal is None:
             widths = [max(len(str(r[i])) for r in [self.header] + self.rows)
                       for i in range(len(self.header))]
             for row in [self.header] + self.rows:

@@ -98,10 +98,6 @@ def main(args) -> int:
         for section in report.sections:
             print()
             print("\n".join(section.text()))
-        if report.onset is not None:
-            print("\nonset design (decision trace replayed from the trials):")
-            for line in report.onset.lines():
-                print(f"  {line}")
         print()
     print(f"report:  {report.html}  (self-contained; open it in a browser)")
     print(f"summary: {report.markdown}")

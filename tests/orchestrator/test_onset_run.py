@@ -114,6 +114,37 @@ def test_report_trace_matches_the_trials_and_the_run(onset_store):
     assert f"stopped ({section.state.final.stop})" in report.stdout
 
 
+def test_the_claims_table_is_decided_by_the_design(onset_store):
+    """The depth claims the report prints, and the verdict tags it logs on the parent
+    run, are the design's result (`analysis.onset_claims`), with the all-pairs rule as a
+    cross-check in the evidence."""
+    root, _, _, report = onset_store
+    from analysis.findings import compute_findings
+    from analysis.onset_claims import DESIGN_CLAIMS
+    from analysis.onset_view import onset_section
+    from analysis.runs import load_study_runs
+    from analysis.store import claim_tag
+
+    runs = load_study_runs("onset-tiny", f"sqlite:///{root / 'mlflow.db'}")
+    section = onset_section(runs, runs.study_text(), root / "figures")
+    by_design = {c.key: c for c in compute_findings(runs.trials, design=section.result()).claims}
+    generic = {c.key: c for c in compute_findings(runs.trials).claims}
+    tags = runs.client.get_run(runs.parent_run_id).data.tags
+    for key in DESIGN_CLAIMS:
+        claim = by_design[key]
+        assert f"{claim.verdict.upper():<14} {claim.claim}" in report.stdout
+        assert tags[claim_tag(key)] == claim.verdict
+        assert claim.evidence.endswith("cross-check, all-pairs rule over the same trials: "
+                                       f"{generic[key].verdict}"
+                                       + (f" ({generic[key].test})"
+                                          if generic[key].test != "-" else ""))
+    # The design's stop decides the degradation verdict.
+    stop = section.state.final.stop
+    expected = {"no-degradation": "not supported", "resolution": "supported"}
+    if stop in expected:
+        assert by_design["degradation"].verdict == expected[stop]
+
+
 def test_dry_run_says_the_design_has_stopped(onset_store):
     root, _, second, _ = onset_store
     stop = re.search(r"onset stop \(([a-z-]+)\)", second.stdout).group(1)
