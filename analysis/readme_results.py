@@ -77,9 +77,12 @@ def verdicts_sentence(findings: Findings) -> str:
     verdicts = (f"marks both claims *{degradation}*" if degradation == fix else
                 f"marks the degradation claim *{degradation}* and the fix *{fix}*")
     c = onset.comparison
+    # The onset is decided on the Holm-adjusted p (as the report says), so quote both.
+    holm = (f", Holm-adjusted p = {onset.p_adjusted:.2g} over {len(onset.adjusted)} depth "
+            "pairs" if onset.p_adjusted is not None else "")
     return (f"The deeper plain net trains worse (degradation onset at depth {onset.depth}, "
-            f"{pp_diff(c.diff, c.ci)} over depth {onset.shallower}{_tested(c)}){twin}: the "
-            f"report's claims table {verdicts}.")
+            f"{pp_diff(c.diff, c.ci)} over depth {onset.shallower}{_tested(c)}{holm}){twin}: "
+            f"the report's claims table {verdicts}.")
 
 
 def readme_block(findings: Findings) -> str:
