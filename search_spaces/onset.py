@@ -31,9 +31,10 @@ before the next decision:
 `replay(design, record)` runs these decisions over a record of finished trials (an
 MLflow store) in step order: it returns the trace of decisions and the first step not
 complete in the record; the budget decides only the steps the record has not started (a
-step with any point in the record was started, so it fit when it was). The orchestrator runs that step's missing points (a rerun after
-a killed driver makes the same decisions from the same results and runs no trial twice);
-the report replays the same record for its decision trace.
+step with any point in the record was started, so it fit when it was). The orchestrator
+runs that step's missing points (a rerun after a killed driver makes the same decisions
+from the same results and runs no trial twice); the report replays the same record for
+its decision trace.
 """
 
 from __future__ import annotations

@@ -371,7 +371,8 @@ def format_table(plan: dict[str, Any]) -> str:
         hours = f"{o[f'worst_case_{device}_hours']:.2f} {device.upper()}-hours"
         out.append(f"onset: worst case {o['worst_case_trials']} trials (budget "
                    f"{o['budget']}), at most {hours} (each as long as the longest trial "
-                   f"above, within the budget); the full grid over the {len(o['depths'])} depths at "
-                   f"seeds.max: {o['full_grid_trials']['plain']} plain trials, "
+                   f"above, within the budget); the full grid over the "
+                   f"{len(o['depths'])} depths at seeds.max: "
+                   f"{o['full_grid_trials']['plain']} plain trials, "
                    f"{o['full_grid_trials']['plain_and_residual']} with residual twins")
     return "\n".join(out)

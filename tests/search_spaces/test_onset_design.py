@@ -111,8 +111,8 @@ def test_an_undecided_twin_gain_gets_seeds_until_it_is_decided():
     # One more seed on both sides of the gain test (plain and residual at hi) per step;
     # residual 26, on `worse`'s side only, gets none.
     assert twin_steps(trace)[1:] == [
-        (TWIN_SEED, ["plain-32 s2", "resnet-32 s2"]), (TWIN_SEED, ["plain-32 s3", "resnet-32 s3"]),
-        (STOP, [])]
+        (TWIN_SEED, ["plain-32 s2", "resnet-32 s2"]),
+        (TWIN_SEED, ["plain-32 s3", "resnet-32 s3"]), (STOP, [])]
     first = trace[3]
     assert first.residual.undecided == (GAIN,)
     assert "gain (plain 32 minus residual 32): +0.50 pp (Welch p = 0.25, upper bound " \
