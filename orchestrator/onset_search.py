@@ -107,8 +107,12 @@ def plan_onset(study, tracker, max_concurrent: int | None):
         if run is not None and run.checkpoint:
             resumable[tid] = run.checkpoint
     searcher = OnsetSearcher(study, record, resumable, metric=study.spec.onset.metric)
-    used = len(replay(searcher.design, record).used()) - len(searcher.queue)
-    remaining = 0 if searcher.stopped else max(1, searcher.design.max_trials() - used)
+    started = replay(searcher.design, record).used()   # the current step's points too
+    used = len(started) - len(searcher.queue)
+    # Tune's num_samples: the current step's missing points and the most that new steps
+    # can add within the budget (its hours under this machine's cost model).
+    remaining = 0 if searcher.stopped else max(
+        1, len(searcher.queue) + searcher.design.max_more(started))
     return RunPlan(limit_concurrency(searcher, max_concurrent), remaining, used,
                    sum(trial_for(study, p).trial_id in resumable for p in searcher.queue),
                    study.spec.onset.metric, "min", None, study_epochs(study),
@@ -126,5 +130,5 @@ def resume_line(study, tracker) -> str:
                 f"({state.final.stop}) after {len(record)} trials")
     return (f"resweep run would resume the onset design at step {len(state.trace)} "
             f"({state.pending.action}): {len(state.missing)} trials to start now, "
-            f"{len(record)} done earlier, at most {design.max_trials() - len(record)} more "
-            "in all")
+            f"{len(record)} done earlier, at most "
+            f"{len(state.missing) + design.max_more(state.used())} more in all")

@@ -19,31 +19,43 @@ before the next decision:
    shallowest degraded one, `seeds.start` seeds;
 4. residual: once those two depths are at most `resolution` valid depths apart, the
    residual twins at both, with the same seeds (`residual_check`);
-5. stop, with the reason: the bracket is resolved (`resolution`), no depth is degraded
-   (`no-degradation`), or the next step does not fit in `budget.trials` (`budget`).
+5. twin-seed: where a twins' test is undecided (`search_spaces.onset_twins`: `gain`,
+   plain minus residual at hi; `worse`, residual at hi minus residual at lo), one more
+   seed on each side of it below `seeds.max`; at `seeds.max` an undecided `gain` counts
+   as no gain (not fixed) and an undecided `worse` as not worse. A plain seed added at
+   hi re-tests hi against the reference, so the bracket may move (then 2-5 go on);
+6. stop, with the reason: the bracket is resolved (`resolution`), no depth is degraded
+   (`no-degradation`), or the next step does not fit in the budget (`budget`: trials
+   and/or the plan's estimated GPU- or CPU-hours, `search_spaces.onset_budget`).
 
 `replay(design, record)` runs these decisions over a record of finished trials (an
 MLflow store) in step order: it returns the trace of decisions and the first step not
-complete in the record. The orchestrator runs that step's missing points (a rerun after
-a killed driver makes the same decisions from the same results and runs no trial twice);
-the report replays the same record for its decision trace.
+complete in the record; the budget decides only the steps the record has not started (a
+step with any point in the record was started, so it fit when it was). The orchestrator
+runs that step's missing points (a rerun after a killed driver makes the same decisions
+from the same results and runs no trial twice); the report replays the same record for
+its decision trace.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Sequence
 
 from models.architectures import IMAGENET_LAYOUTS, cifar_depth_step
+from search_spaces.onset_budget import Budget, point_hours
+from search_spaces.onset_twins import (COUNTED_AS, TwinVerdict, count, series, twin_growth,
+                                       twin_verdict, upper_bound)
 from search_spaces.schema import OnsetSpec
-from search_spaces.stats import Comparison, compare_greater, t_quantile, welch
+from search_spaces.stats import compare_greater
 from search_spaces.validate import ParamKey
 from workers.results import FINISHED
 
 DEGRADED, NOT_DEGRADED, UNDECIDED = "degraded", "not degraded", "undecided"
 COARSE, SEED, BISECT, RESIDUAL, STOP = "coarse", "seed", "bisect", "residual", "stop"
+TWIN_SEED = "twin-seed"
 RESOLVED, NO_DEGRADATION, BUDGET = "resolution", "no-degradation", "budget"
 # The two keys the design sets (trial names, `resweep plan` columns).
 DEPTH_KEY = ParamKey("model", "depth", "depth")
@@ -92,38 +104,13 @@ class Verdict:
 class Step:
     """One decision: what to run next (`points`), or why the design stops."""
 
-    action: str                       # COARSE | SEED | BISECT | RESIDUAL | STOP
+    action: str                       # COARSE | SEED | BISECT | RESIDUAL | TWIN_SEED | STOP
     points: tuple[Point, ...]
     reason: str
     bracket: tuple[int, int] | None = None     # (deepest not degraded, shallowest degraded)
     verdicts: tuple[Verdict, ...] = ()         # the tests this decision read
     stop: str | None = None                    # RESOLVED | NO_DEGRADATION | BUDGET
-    residual: "TwinVerdict | None" = None      # the residual twins' verdict (at the stop)
-
-
-@dataclass(frozen=True)
-class TwinVerdict:
-    """Do shortcuts fix the degradation at the bracket (lo, hi): `gain` tests plain minus
-    residual at hi (> 0: the residual net trains better), `worse` residual at hi minus
-    residual at lo (> 0: the residual nets degrade too). Fixed: the gain is significant
-    and the residual nets are not significantly worse (None: no finished twins)."""
-
-    bracket: tuple[int, int]
-    gain: Comparison | None
-    worse: Comparison | None
-
-    @property
-    def fixed(self) -> bool:
-        return bool(self.gain and self.worse and self.gain.greater and not self.worse.greater)
-
-    def describe(self) -> str:
-        lo, hi = self.bracket
-        if self.gain is None or self.worse is None:
-            return "no finished results"
-        return (f"{'shortcuts fix it' if self.fixed else 'not fixed'}: at depth {hi} plain "
-                f"minus residual {100 * self.gain.diff:+.2f} pp ({_test(self.gain)}); "
-                f"residual {hi} minus residual {lo} {100 * self.worse.diff:+.2f} pp "
-                f"({_test(self.worse)})")
+    residual: TwinVerdict | None = None        # the residual twins' verdict (twin-seed, stop)
 
 
 @dataclass
@@ -160,45 +147,78 @@ def valid_depths(family: str, block: str, low: int, high: int) -> list[int]:
 
 
 class OnsetDesign:
-    """The decision rule of the module docstring over `depths` (valid, ascending)."""
+    """The decision rule of the module docstring over `depths` (valid, ascending).
 
-    def __init__(self, spec: OnsetSpec, depths: Sequence[int]):
+    cost: Point -> estimated hours of its trial (`onset_budget.point_hours`), needed only
+    for an hours budget; scripted tests pass their own."""
+
+    def __init__(self, spec: OnsetSpec, depths: Sequence[int],
+                 cost: Callable[[Point], float] | None = None):
         self.spec = spec
         self.depths = list(depths)
         self.reference = self.depths[0]
+        self.budget = Budget(spec.budget, cost)
 
     def coarse_depths(self) -> list[int]:
         """`coarse` depths evenly spread by index over the valid depths, ends included."""
         n, k = len(self.depths), min(self.spec.coarse, len(self.depths))
         return sorted({self.depths[round(i * (n - 1) / (k - 1))] for i in range(k)})
 
+    def most_points(self) -> int:
+        """Every point any path can run: each valid depth at seeds.max plain, and, with
+        residual_check, residual too (twins run at the bracket, which a twin seed at hi
+        can move; so any depth may end up with twins)."""
+        return len(self.depths) * self.spec.seeds.max * (2 if self.spec.residual_check else 1)
+
     def max_trials(self) -> int:
-        """Worst case: every valid depth at seeds.max, plus the residual twins; capped by
-        the budget (the design never starts a step that does not fit)."""
-        seeds = self.spec.seeds.max
-        twins = 2 * seeds if self.spec.residual_check else 0
-        return min(self.spec.budget.trials, len(self.depths) * seeds + twins)
+        """Worst case of the whole design: `most_points`, capped by the budget (the
+        design never starts a step that does not fit): `budget.trials`, and an hours
+        budget over the cheapest point (the shallowest depth: cost grows with depth)."""
+        return self.max_more(())
+
+    def max_more(self, started) -> int:
+        """The most trials the design can still add after the points of the steps
+        `started` (a replay's `used()`): the bound `resweep run` hands Tune."""
+        cheapest = None
+        if self.budget.hours is not None:
+            cheapest = min(self.budget.cost(Point(self.reference, r, 0)) for r in
+                           ((False, True) if self.spec.residual_check else (False,)))
+        more = min(self.most_points() - len(started), self.budget.most_more(started, cheapest))
+        return int(max(0, more))
 
     def verdict(self, values: Mapping[Point, float | None], depth: int) -> Verdict:
-        deep, ref = _series(values, depth, False), _series(values, self.reference, False)
-        n, n_ref = _count(values, depth, False), _count(values, self.reference, False)
+        deep, ref = series(values, depth, False), series(values, self.reference, False)
+        n, n_ref = count(values, depth, False), count(values, self.reference, False)
         if len(deep) < 2 or len(ref) < 2:
             return Verdict(depth, self.reference, UNDECIDED, n, n_ref)
         c = compare_greater(deep, ref, self.spec.margin, self.spec.alpha)
-        upper = _upper_bound(deep, ref, c, self.spec.alpha)
+        upper = upper_bound(deep, ref, c, self.spec.alpha)
         verdict = DEGRADED if c.greater else NOT_DEGRADED if upper < self.spec.margin \
             else UNDECIDED
         return Verdict(depth, self.reference, verdict, n, n_ref, c.diff, upper, c.p_value)
 
     def decide(self, values: Mapping[Point, float | None]) -> Step:
-        """The next step given the results of every completed step (point -> value)."""
-        left = self.spec.budget.trials - len(values)
+        """The next step given the results of every completed step (point -> value):
+        `propose`'s step if it fits in the budget, else the budget stop."""
+        return self.fit(self.propose(values), values)
+
+    def fit(self, step: Step, values: Mapping[Point, float | None]) -> Step:
+        """`step`, or STOP(budget) when it does not fit after the points of `values`."""
+        why = None if step.action == STOP else self.budget.refusal(values, step.points)
+        if why is None:
+            return step
+        return Step(STOP, (), f"budget spent: the next step ({step.action}, {why}; it "
+                    f"was: {step.reason}", step.bracket,
+                    step.verdicts, BUDGET, step.residual)
+
+    def propose(self, values: Mapping[Point, float | None]) -> Step:
+        """The next step of the rule, before the budget (`decide` applies it)."""
         if not values:
             points = tuple(Point(d, False, s) for d in self.coarse_depths()
                            for s in range(self.spec.seeds.start))
-            return self._fits(Step(COARSE, points, f"coarse start: depths "
-                                   f"{depths_text(self.coarse_depths())}, {self.spec.seeds.start} "
-                                   "seeds each"), left, None)
+            return Step(COARSE, points, f"coarse start: depths "
+                        f"{depths_text(self.coarse_depths())}, {self.spec.seeds.start} "
+                        "seeds each")
         explored = sorted({p.depth for p in values if not p.residual})
         verdicts = {d: self.verdict(values, d) for d in explored if d != self.reference}
         tests = tuple(verdicts.values())
@@ -208,12 +228,12 @@ class OnsetDesign:
                      if v.verdict == UNDECIDED and (hi is None or d < hi)]
         seed_max = self.spec.seeds.max
         grow = sorted({d for v in undecided for d in (v.depth, v.reference)
-                       if _count(values, d, False) < seed_max})
+                       if count(values, d, False) < seed_max})
         if grow:
-            points = tuple(Point(d, False, _count(values, d, False)) for d in grow)
+            points = tuple(Point(d, False, count(values, d, False)) for d in grow)
             why = "; ".join(v.describe() for v in undecided)
-            return self._fits(Step(SEED, points, f"undecided ({why}): one more seed at "
-                                   f"depths {depths_text(grow)}", None, tests), left, None)
+            return Step(SEED, points, f"undecided ({why}): one more seed at depths "
+                        f"{depths_text(grow)}", None, tests)
         exhausted = [v.depth for v in undecided]
         note = (f" (undecided at seeds.max {seed_max}, counted as not degraded: depths "
                 f"{depths_text(exhausted)})" if exhausted else "")
@@ -227,50 +247,53 @@ class OnsetDesign:
         if gap > self.spec.resolution:
             mid = self.depths[(self.depths.index(lo) + self.depths.index(hi)) // 2]
             points = tuple(Point(mid, False, s) for s in range(self.spec.seeds.start))
-            return self._fits(Step(BISECT, points, f"bisect: depth {lo} not degraded, "
-                                   f"{hi} degraded ({deciding}){note}; try depth {mid}",
-                                   bracket, tests), left, bracket)
+            return Step(BISECT, points, f"bisect: depth {lo} not degraded, {hi} degraded "
+                        f"({deciding}){note}; try depth {mid}", bracket, tests)
         resolved = (f"onset bracketed: depth {lo} not degraded, depth {hi} degraded "
                     f"({deciding}){note}")
-        if self.spec.residual_check:
-            twins = tuple(Point(d, True, s) for d in bracket
-                          for s in range(_count(values, d, False)))
-            if not all(p in values for p in twins):
-                return self._fits(Step(RESIDUAL, twins, f"{resolved}; run the residual "
-                                       f"twins at depths {lo} and {hi}", bracket, tests),
-                                  left, bracket)
-            return Step(STOP, (), resolved, bracket, tests, RESOLVED,
-                        self.residual_verdict(values, bracket))
-        return Step(STOP, (), resolved, bracket, tests, RESOLVED)
+        if not self.spec.residual_check:
+            return Step(STOP, (), resolved, bracket, tests, RESOLVED)
+        return self._twins(values, bracket, resolved, tests)
+
+    def _twins(self, values, bracket: tuple[int, int], resolved: str, tests) -> Step:
+        """Steps 4-5 and the resolved stop: the twins, their seeds, their verdict."""
+        lo, hi = bracket
+        twins = tuple(p for d in bracket for s in range(count(values, d, False))
+                      if (p := Point(d, True, s)) not in values)
+        if twins:
+            return Step(RESIDUAL, twins, f"{resolved}; run the residual twins at depths "
+                        f"{lo} and {hi}", bracket, tests)
+        twin = self.residual_verdict(values, bracket)
+        grow, exhausted = twin_growth(values, twin, self.spec.seeds.max)
+        if grow:
+            points = tuple(Point(d, r, count(values, d, r)) for d, r in grow)
+            return Step(TWIN_SEED, points, f"{resolved}; residual twins undecided "
+                        f"({twin.describe_undecided()}): one more seed for "
+                        + ", ".join(p.label() for p in points), bracket, tests,
+                        residual=twin)
+        note = "".join(f" (twins' {name} undecided at seeds.max {self.spec.seeds.max}, "
+                       f"counted as {COUNTED_AS[name]}: {twin.text_of(name)})"
+                       for name in exhausted)
+        return Step(STOP, (), resolved + note, bracket, tests, RESOLVED, twin)
 
     def residual_verdict(self, values: Mapping[Point, float | None],
                          bracket: tuple[int, int]) -> TwinVerdict:
-        """The residual twins' verdict at the bracket (`TwinVerdict`)."""
-        lo, hi = bracket
-        plain_hi, res_hi = _series(values, hi, False), _series(values, hi, True)
-        res_lo = _series(values, lo, True)
-        if min(len(plain_hi), len(res_hi), len(res_lo)) == 0:
-            return TwinVerdict(bracket, None, None)
-        return TwinVerdict(bracket,
-                           compare_greater(plain_hi, res_hi, self.spec.margin, self.spec.alpha),
-                           compare_greater(res_hi, res_lo, self.spec.margin, self.spec.alpha))
-
-    def _fits(self, step: Step, left: int, bracket) -> Step:
-        if len(step.points) <= left:
-            return step
-        return Step(STOP, (), f"budget spent: the next step ({step.action}, "
-                    f"{len(step.points)} trials) does not fit in the {left} trials left of "
-                    f"{self.spec.budget.trials}; it was: {step.reason}", bracket,
-                    step.verdicts, BUDGET)
+        """The residual twins' verdict at the bracket (`onset_twins.TwinVerdict`)."""
+        return twin_verdict(values, bracket, self.spec.margin, self.spec.alpha)
 
 
 def replay(design: OnsetDesign, record: Mapping[Point, float | None]) -> Replay:
     """The decisions `design` makes over `record` (finished points -> value, see
-    `record_value`), step by step; points of the record no step asks for are ignored."""
+    `record_value`), step by step; points of the record no step asks for are ignored.
+    A step of which the record holds any point was started, so it fit the budget then:
+    only the steps the record has not started are held to the budget (a resumed driver
+    or a report on a machine with another calibration makes the same decisions)."""
     out = Replay()
     seen: dict[Point, float | None] = {}
     while True:
-        step = design.decide(seen)
+        step = design.propose(seen)
+        if not any(p in record for p in step.points):
+            step = design.fit(step, seen)
         out.trace.append(step)
         if step.action == STOP:
             return out
@@ -320,14 +343,23 @@ class TrialRecord(Mapping):
 # ---- trials ----------------------------------------------------------------------------
 
 def design_of(study) -> OnsetDesign:
-    """The decision rule of a loaded `design: onset` study."""
+    """The decision rule of a loaded `design: onset` study; with an hours budget, the
+    plan's cost of each point (`onset_budget.point_hours`: calibrates on first use)."""
     spec = study.spec
     depths = valid_depths(spec.model.family or "cifar", spec.model.block or "basic",
                           spec.onset.depth.low, spec.onset.depth.high)
-    return OnsetDesign(spec.onset, depths)
+    budget = spec.onset.budget
+    hours = budget.gpu_hours is not None or budget.cpu_hours is not None
+    return OnsetDesign(spec.onset, depths,
+                       point_hours(spec, study.locations) if hours else None)
 
 
 def trial_for(study, point: Point):
+    """The TrialConfig of one point of a loaded study (`point_trial`)."""
+    return point_trial(study.spec, study.locations, point)
+
+
+def point_trial(spec, locations, point: Point):
     """The TrialConfig of one point, resolved and named by the code that expands grids
     (`search_spaces.search.trial_from_params`'s resolver), so equal configs get equal
     trial_ids whatever the design."""
@@ -335,33 +367,12 @@ def trial_for(study, point: Point):
     from search_spaces.names import trial_name
 
     cell = {DEPTH_KEY: point.depth, RESIDUAL_KEY: point.residual}
-    trial, _ = Resolver(study.spec, study.locations).resolve(cell, point.seed)
+    trial, _ = Resolver(spec, locations).resolve(cell, point.seed)
     values = {DEPTH_KEY.dotted: point.depth, RESIDUAL_KEY.dotted: point.residual}
     return trial.replace(name=trial_name(trial, (DEPTH_KEY, RESIDUAL_KEY), values))
 
 
 # ---- helpers --------------------------------------------------------------------------
-
-def _series(values: Mapping[Point, float | None], depth: int, residual: bool) -> list[float]:
-    return [v for p, v in sorted(values.items())
-            if p.depth == depth and p.residual == residual and v is not None]
-
-
-def _count(values: Mapping[Point, float | None], depth: int, residual: bool) -> int:
-    return sum(p.depth == depth and p.residual == residual for p in values)
-
-
-def _upper_bound(deep: list[float], ref: list[float], c: Comparison, alpha: float) -> float:
-    """One-sided (1 - alpha) upper confidence bound of mean(deep) - mean(ref) (Welch)."""
-    _, df, se = welch(deep, ref)
-    return c.diff if se == 0.0 else c.diff + t_quantile(1 - alpha, df) * se
-
-
-def _test(c: Comparison) -> str:
-    if c.test != "welch":
-        return "single seed: margin"
-    return f"Welch p = {c.p_value:.2g}" if c.p_value is not None else "Welch"
-
 
 def depths_text(depths) -> str:
     return ", ".join(map(str, depths))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from models.architectures import cifar_depth_step
 from search_spaces.loading import Problem, format_path
-from search_spaces.onset import ONSET_FAMILIES, depths_text, valid_depths
+from search_spaces.onset import ONSET_FAMILIES, OnsetDesign, depths_text, valid_depths
+from search_spaces.onset_budget import HOURS_UNITS, hours_key, point_hours
 from search_spaces.schema import StudySpec
 
 
@@ -54,13 +55,53 @@ def onset_problems(spec: StudySpec, locations) -> list[Problem]:
     if o.resolution >= len(depths) - 1 and len(depths) > 2:
         add(("onset", "resolution"), f"got {o.resolution}; with {len(depths)} valid depths "
             f"it must be below {len(depths) - 1} to leave anything to bisect")
+    problems += _budget_problems(spec, locations, depths)
+    return problems
+
+
+def _budget_problems(spec: StudySpec, locations, depths: list[int]) -> list[Problem]:
+    """At least one budget; hours of the resource the trials hold (gpu_hours on a GPU
+    study, cpu_hours on a CPU one); a first step within each; trials within max_trials
+    (with an hours budget only: the worst case within it)."""
+    o, b = spec.onset, spec.onset.budget
+    where = lambda *key: (locations.where(("onset", "budget") + key),  # noqa: E731
+                          format_path(("onset", "budget") + key))
+    if b.trials is None and b.gpu_hours is None and b.cpu_hours is None:
+        return [Problem(*where(), "got no budget; give trials, and/or gpu_hours (a GPU "
+                        "study) or cpu_hours (a CPU study)")]
+    gpu = spec.resources.gpu
+    right = hours_key(gpu)
+    wrong = "cpu_hours" if right == "gpu_hours" else "gpu_hours"
+    if getattr(b, wrong) is not None:
+        study = f"a GPU study (resources.gpu {gpu:g})" if gpu > 0 else \
+            "a CPU study (resources.gpu 0)"
+        return [Problem(*where(wrong), f"got {getattr(b, wrong):g} on {study}; its hours "
+                        f"budget is {right} ({HOURS_UNITS[right]}: a trial's estimated "
+                        "seconds x its share of the resource / 3600), or trials")]
+    problems = []
     first = min(o.coarse, len(depths)) * o.seeds.start
-    if first > o.budget.trials:
-        add(("onset", "budget", "trials"), f"got {o.budget.trials}; the first step alone "
-            f"is {first} trials (coarse {o.coarse} x seeds.start {o.seeds.start})")
-    if o.budget.trials > spec.max_trials:
-        add(("onset", "budget", "trials"), f"got {o.budget.trials}, over max_trials "
-            f"{spec.max_trials}; raise max_trials or lower the budget")
+    steps = f"coarse {o.coarse} x seeds.start {o.seeds.start}"
+    if b.trials is not None and first > b.trials:
+        problems.append(Problem(*where("trials"), f"got {b.trials}; the first step alone "
+                                f"is {first} trials ({steps})"))
+    if b.trials is not None and b.trials > spec.max_trials:
+        problems.append(Problem(*where("trials"), f"got {b.trials}, over max_trials "
+                                f"{spec.max_trials}; raise max_trials or lower the budget"))
+    if getattr(b, right) is None:
+        return problems
+    design = OnsetDesign(o, depths, point_hours(spec, locations))
+    budget = design.budget
+    points = design.propose({}).points
+    need = budget.hours_of(points)
+    if budget.refusal((), points) is not None and need > budget.hours:
+        problems.append(Problem(*where(right), f"got {budget.hours:g}; the first step "
+                                f"alone is estimated at {need:.3g} {budget.unit} ({first} "
+                                f"trials: {steps}; `resweep plan` shows each)"))
+    elif b.trials is None and design.max_trials() > spec.max_trials:
+        problems.append(Problem(*where(right), f"got {budget.hours:g}: the worst case "
+                                f"within it is {design.max_trials()} trials, over "
+                                f"max_trials {spec.max_trials}; add budget.trials or "
+                                "raise max_trials"))
     return problems
 
 

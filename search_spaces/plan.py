@@ -50,14 +50,11 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
     default = functools.cache(default_threads)   # once per plan, not once per trial
     costs: dict[tuple, tuple[TrialConfig, Any]] = {}  # holds the trial: ids stay unique
     share = _share_text(study)
+    works: list[tuple] = []     # each row's estimate (its key in costs)
     for trial, cell in zip(trials, cells):
         stats = study.model_stats(trial.model)
-        key = ("gpu", trial.train.cuda_graph, trial.train.precision) if uses_gpu else \
-            ("cpu", trial.train.threads or default())
-        if key not in measured:
-            measured[key] = gpu_calibration(trial, refresh_calibration) if uses_gpu else \
-                calibrate("cpu", key[1], refresh_calibration)
-        calibration = measured[key]
+        calibration = trial_calibration(trial, measured, refresh_calibration, default)
+        key = _calibration_key(trial, default)
         calibrations[f"{calibration.device}/threads={calibration.threads}"] = calibration
         # The seeds of a cell share their data, train and resources objects: one estimate.
         same_work = (id(trial.data), id(trial.train), id(trial.resources), stats.macs,
@@ -65,6 +62,7 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
         if same_work not in costs:
             costs[same_work] = (trial, estimate(trial, stats.macs, calibration))
         cost = costs[same_work][1]
+        works.append(same_work)
         rows.append({
             "name": trial.name, "trial_id": trial.trial_id, "seed": trial.seed,
             "params": cell, "param_count": stats.params, "macs": stats.macs,
@@ -77,8 +75,8 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
             "config": trial.to_dict()})
     slots, machine = _slots(study, cpus, gpus)
     wall = wall_seconds([r["est_seconds"] for r in rows], slots)
-    device_hours = sum(r["est_seconds"] for r in rows) / 3600 * (
-        study.resources.gpu if uses_gpu else study.resources.cpu)
+    device_hours = math.fsum(device_hours_of(cost) for _, cost in
+                             (costs[work] for work in works))
     totals = {"trials": len(rows),
               "cpu_hours": 0.0 if uses_gpu else round(device_hours, 3),
               "gpu_hours": round(device_hours, 3) if uses_gpu else 0.0,
@@ -106,19 +104,56 @@ def plan_study(study: Study, cpus: int | None = None, gpus: int | None = None,
     return plan
 
 
+def _calibration_key(trial: TrialConfig, default=default_threads) -> tuple:
+    """Trials with equal keys share a calibration: a GPU trial's graph and precision, a
+    CPU trial's threads."""
+    if trial.resources.gpu > 0:
+        return ("gpu", trial.train.cuda_graph, trial.train.precision)
+    return ("cpu", trial.train.threads or default())
+
+
+def trial_calibration(trial: TrialConfig, measured: dict, refresh: bool = False,
+                      default=default_threads) -> Calibration:
+    """The calibration `trial` is estimated with, measured once per key in `measured`."""
+    key = _calibration_key(trial, default)
+    if key not in measured:
+        measured[key] = gpu_calibration(trial, refresh) if key[0] == "gpu" else \
+            calibrate("cpu", key[1], refresh)
+    return measured[key]
+
+
+def device_hours_of(cost) -> float:
+    """Hours of the resource a trial holds (one definition: the plan's totals and the
+    onset budget): estimated wall seconds x resources.gpu (GPU trial) or resources.cpu
+    (CPU trial) / 3600 (`TrialCost.device_seconds`)."""
+    return cost.device_seconds / 3600
+
+
+def trial_hours(trial: TrialConfig, macs: int, measured: dict) -> float:
+    """`device_hours_of` the plan's estimate of `trial` (its forward MACs per image)."""
+    return device_hours_of(estimate(trial, macs, trial_calibration(trial, measured)))
+
+
 def _onset_totals(study: Study, rows: list[dict]) -> dict[str, Any]:
-    """An onset study's bounds: the first step (the rows), the most trials the design can
-    run within its budget, and their cost if each took as long as the longest trial of
-    the first step (its deepest net); and the full grid that answers the same question."""
+    """An onset study's bounds: the first step (the rows), its budget (trials and/or
+    hours, `budget_<device>_hours` when given), the most trials the design can run within
+    it and their cost if each took as long as the longest trial of the first step (its
+    deepest net; at most the hours budget); and the full grid that answers the question."""
     design = design_of(study)
     worst = design.max_trials()
     longest = max((r["est_seconds"] for r in rows), default=0.0)
     share = study.resources.gpu if study.resources.gpu > 0 else study.resources.cpu
     device = "gpu" if study.resources.gpu > 0 else "cpu"
+    hours = worst * longest / 3600 * share
+    budget = design.budget
     grid = len(design.depths) * design.spec.seeds.max
     return {"depths": design.depths, "first_step": len(rows),
-            "budget_trials": design.spec.budget.trials, "worst_case_trials": worst,
-            f"worst_case_{device}_hours": round(worst * longest / 3600 * share, 3),
+            "budget": budget.describe(), "budget_trials": budget.trials,
+            **({f"budget_{device}_hours": budget.hours} if budget.hours is not None
+               else {}),
+            "worst_case_trials": worst,
+            f"worst_case_{device}_hours": round(hours if budget.hours is None else
+                                                min(hours, budget.hours), 3),
             "full_grid_trials": {"plain": grid, "plain_and_residual": 2 * grid}}
 
 
@@ -332,11 +367,12 @@ def format_table(plan: dict[str, Any]) -> str:
         out.append(f"note: {plan['note']}")
     if "onset" in plan:
         o = plan["onset"]
-        hours = next(f"{v:.2f} {k.split('_')[2].upper()}-hours" for k, v in o.items()
-                     if k.endswith("_hours"))
+        device = "gpu" if res["gpu"] > 0 else "cpu"
+        hours = f"{o[f'worst_case_{device}_hours']:.2f} {device.upper()}-hours"
         out.append(f"onset: worst case {o['worst_case_trials']} trials (budget "
-                   f"{o['budget_trials']}), at most {hours} (each as long as the longest "
-                   f"trial above); the full grid over the {len(o['depths'])} depths at "
-                   f"seeds.max: {o['full_grid_trials']['plain']} plain trials, "
+                   f"{o['budget']}), at most {hours} (each as long as the longest trial "
+                   f"above, within the budget); the full grid over the "
+                   f"{len(o['depths'])} depths at seeds.max: "
+                   f"{o['full_grid_trials']['plain']} plain trials, "
                    f"{o['full_grid_trials']['plain_and_residual']} with residual twins")
     return "\n".join(out)

@@ -246,9 +246,18 @@ class OnsetSeeds(_Spec):
 
 
 class OnsetBudget(_Spec):
-    """The most trials the design may run (residual twins included)."""
+    """The most the design may spend, residual twins included: trials, and/or estimated
+    hours of the resource its trials hold (the plan's cost model: a trial's estimated
+    wall seconds x resources.gpu, or x resources.cpu on a CPU study, / 3600). At least
+    one; with both, the design stops at whichever the next step would exceed."""
 
-    trials: int = Field(ge=1, le=10_000)
+    trials: Optional[int] = Field(None, ge=1, le=10_000)
+    gpu_hours: Optional[float] = Field(None, gt=0, le=1_000_000, description="GPU-hours "
+                                       "(resources.gpu > 0): estimated seconds x "
+                                       "resources.gpu / 3600, summed over the trials")
+    cpu_hours: Optional[float] = Field(None, gt=0, le=1_000_000, description="CPU "
+                                       "core-hours (resources.gpu 0): estimated seconds x "
+                                       "resources.cpu / 3600, summed over the trials")
 
 
 class OnsetSpec(_Spec):

@@ -3,8 +3,9 @@ decisions the run made, the trials MLflow holds and the trace the report replays
 (not where the onset is: a few hundred images and one epoch decide nothing about depth).
 
 The study runs twice: with a budget that the first step fills, then with a larger one
-(`--set`), so the second run resumes the design from what MLflow holds: it makes the
-same first decision again from the same results and runs no trial twice.
+(`--set`; with an hours budget too), so the second run resumes the design from what
+MLflow holds: it makes the same first decision again from the same results and runs no
+trial twice.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ def _resweep(cwd, *args):
 
 @pytest.fixture(scope="module")
 def onset_store(tmp_path_factory):
-    """The study run with budget 4 (the coarse step), then 8, then reported."""
+    """The study run with budget 4 (the coarse step), then 8 (and 1 CPU-hour), then
+    reported."""
     root = tmp_path_factory.mktemp("onset")
     (root / "onset-tiny.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
     first = _resweep(root, "run", "onset-tiny.yaml", "--set", "onset.budget.trials=4")
-    second = _resweep(root, "run", "onset-tiny.yaml")
+    # Also an hours budget (ample: the trials run out first), so the run, the searcher
+    # Tune holds and the report's replay all carry the plan's cost model.
+    second = _resweep(root, "run", "onset-tiny.yaml", "--set", "onset.budget.cpu_hours=1.0")
     report = _resweep(root, "report", "onset-tiny.yaml", "--out", "report")
     return root, first, second, report
 
@@ -150,5 +154,5 @@ def test_dry_run_says_the_design_has_stopped(onset_store):
     stop = re.search(r"onset stop \(([a-z-]+)\)", second.stdout).group(1)
     dry = _resweep(root, "run", "onset-tiny.yaml", "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert "onset: worst case 8 trials (budget 8)" in dry.stdout
+    assert "onset: worst case 8 trials (budget 8 trials)" in dry.stdout
     assert f"resweep run would start nothing: the onset design stopped ({stop})" in dry.stdout

@@ -111,3 +111,23 @@ def test_a_failed_trial_ends_the_design_after_the_running_ones(study):
     batches = drive(searcher, fail=Point(26, False, 1))
     assert len(batches) == 1
     assert "a trial failed" in searcher.outcome()[-1]
+
+
+def test_an_hours_budget_ends_the_design_at_the_step_that_would_exceed_it(
+        tmp_path, fixed_calibration):
+    from search_spaces.onset import design_of
+
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(STUDY).replace("budget: {trials: 12}",
+                                                  "budget: {cpu_hours: 1.0}"))
+    design = design_of(load_study(path))
+    coarse = design.decide({}).points
+    # The plan's estimate of the coarse step (4 trials), and a budget just above it.
+    spent = design.budget.hours_of(coarse)
+    path.write_text(path.read_text().replace("cpu_hours: 1.0", f"cpu_hours: {spent * 1.01}"))
+    searcher = OnsetSearcher(load_study(path), {}, metric="train_error")
+    assert drive(searcher) == [list(coarse)]
+    outcome = searcher.outcome()
+    assert outcome[-1] == "onset stop (budget)"
+    assert f"does not fit: {spent:.2f} of {spent * 1.01:g} CPU-hours estimated used" \
+        in outcome[-2]

@@ -1,15 +1,19 @@
 """The onset design's decisions against scripted results (search_spaces/onset.py): the
 exact proposals for given outcomes, resume from a partial record, budget, resolution and
-no-degradation stops, seeds added only where a comparison is undecided; and the errors of
-a bad `onset:` block."""
+no-degradation stops, seeds added only where a comparison is undecided (plain depths and
+the residual twins' tests); the worst case bounds every path; and the errors of a bad
+`onset:` block."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from search_spaces.onset import (BISECT, BUDGET, COARSE, DEGRADED, NO_DEGRADATION,
-                                 NOT_DEGRADED, RESIDUAL, RESOLVED, SEED, STOP, UNDECIDED,
-                                 OnsetDesign, Point, replay, valid_depths)
+                                 NOT_DEGRADED, RESIDUAL, RESOLVED, SEED, STOP, TWIN_SEED,
+                                 UNDECIDED, OnsetDesign, Point, replay, valid_depths)
+from search_spaces.onset_twins import GAIN, WORSE
 from search_spaces.schema import OnsetSpec
 
 DEPTHS = valid_depths("cifar", "basic", 8, 56)   # 8, 14, ..., 56: nine depths
@@ -21,12 +25,14 @@ def design(**onset) -> OnsetDesign:
     return OnsetDesign(OnsetSpec.model_validate(settings), DEPTHS)
 
 
-def step_world(onset_after: int, noisy: dict | None = None):
+def step_world(onset_after: int, noisy: dict | None = None, twins: dict | None = None):
     """Plain error 10% up to `onset_after`, 20% deeper; residual 8%; `noisy` overrides
-    {(depth, seed): value} for plain nets."""
+    {(depth, seed): value} for plain nets, `twins` for residual nets."""
     def value(p: Point) -> float:
         if not p.residual and noisy and (p.depth, p.seed) in noisy:
             return noisy[(p.depth, p.seed)]
+        if p.residual and twins and (p.depth, p.seed) in twins:
+            return twins[(p.depth, p.seed)]
         base = 0.08 if p.residual else 0.10 if p.depth <= onset_after else 0.20
         return base + NOISE[p.seed]
     return value
@@ -86,6 +92,100 @@ def test_undecided_at_seeds_max_counts_as_not_degraded():
     trace, _ = run(design(seeds={"start": 2, "max": 2}), step_world(26, noisy))
     assert trace[1].action == BISECT and trace[1].bracket == (26, 38)
     assert "undecided at seeds.max 2" in trace[1].reason
+
+
+def twin_steps(trace):
+    """The steps after the plain bracket was resolved: (action, point labels)."""
+    start = next(i for i, s in enumerate(trace) if s.action == RESIDUAL)
+    return [(s.action, [p.label() for p in s.points]) for s in trace[start:]]
+
+
+def test_an_undecided_twin_gain_gets_seeds_until_it_is_decided():
+    # Residual 32 is about as bad as plain 32 (+0.5 pp, noisy): the gain is neither
+    # significant nor clearly within the margin; `worse` (32 vs 26, +11.5 pp) is decided.
+    twins = {(32, 0): 0.19, (32, 1): 0.20, (32, 2): 0.195, (32, 3): 0.199}
+    trace, values = run(design(seeds={"start": 2, "max": 4}),
+                        step_world(onset_after=26, twins=twins))
+    assert [s.action for s in trace] == [COARSE, BISECT, RESIDUAL, TWIN_SEED, TWIN_SEED,
+                                         STOP]
+    # One more seed on both sides of the gain test (plain and residual at hi) per step;
+    # residual 26, on `worse`'s side only, gets none.
+    assert twin_steps(trace)[1:] == [
+        (TWIN_SEED, ["plain-32 s2", "resnet-32 s2"]),
+        (TWIN_SEED, ["plain-32 s3", "resnet-32 s3"]), (STOP, [])]
+    first = trace[3]
+    assert first.residual.undecided == (GAIN,)
+    assert "gain (plain 32 minus residual 32): +0.50 pp (Welch p = 0.25, upper bound " \
+        "+2.81 pp, 2 vs 2 seeds: undecided)" in first.reason
+    assert trace[4].residual.undecided == (GAIN,) and "3 vs 3 seeds: undecided" in \
+        trace[4].reason
+    final = trace[-1]
+    # With 4 seeds a side the gain's upper bound (+0.92 pp) is below the 1 pp margin:
+    # decided, no gain, so not fixed; the bracket did not move.
+    assert final.stop == RESOLVED and final.bracket == (26, 32)
+    assert final.residual.undecided == () and not final.residual.fixed
+    assert final.residual.gain_upper == pytest.approx(0.0092, abs=5e-5)
+    assert final.residual.gain_seeds == (4, 4) and final.residual.worse_seeds == (4, 2)
+    assert "counted as" not in final.reason
+    assert len(values) == 18 == 14 + 4
+
+
+def test_twins_worse_undecided_at_seeds_max_counts_as_not_worse():
+    # Residual 26 and 32 both about 8% but noisy: `worse` stays undecided; the gain
+    # (plain 20% vs residual 8.5%) becomes significant with the third seed.
+    twins = {(32, 0): 0.06, (32, 1): 0.11, (32, 2): 0.085, (26, 0): 0.075, (26, 1): 0.085}
+    trace, values = run(design(seeds={"start": 2, "max": 3}),
+                        step_world(onset_after=26, twins=twins))
+    assert twin_steps(trace) == [
+        (RESIDUAL, ["resnet-26 s0", "resnet-26 s1", "resnet-32 s0", "resnet-32 s1"]),
+        (TWIN_SEED, ["resnet-26 s2", "plain-32 s2", "resnet-32 s2"]), (STOP, [])]
+    assert trace[3].residual.undecided == (GAIN, WORSE)
+    final = trace[-1]
+    assert final.stop == RESOLVED and final.residual.undecided == (WORSE,)
+    assert final.residual.fixed      # an undecided `worse` counts as not worse
+    assert final.reason.endswith(
+        "(twins' worse undecided at seeds.max 3, counted as not worse: +0.53 pp (Welch "
+        "p = 0.37, upper bound +4.62 pp, 3 vs 3 seeds: undecided))")
+    assert final.residual.describe().startswith("shortcuts fix it")
+    assert len(values) == 17
+
+
+def test_a_twin_seed_step_that_does_not_fit_stops_with_the_twins_verdict():
+    twins = {(32, 0): 0.19, (32, 1): 0.20}
+    trace, _ = run(design(budget={"trials": 15}), step_world(onset_after=26, twins=twins))
+    final = trace[-1]
+    assert [s.action for s in trace] == [COARSE, BISECT, RESIDUAL, STOP]
+    assert final.stop == BUDGET and final.residual.undecided == (GAIN,)
+    assert "(twin-seed, 2 trials) does not fit in the 1 trials left of 15" in final.reason
+
+
+def test_max_trials_bounds_every_path():
+    """Random worlds (noisy plain steps and twins, failed trials) never run more points
+    than max_trials(); every step asks only for new points."""
+    rng = random.Random(17)
+    twin_seeded = moved = 0
+    for case in range(150):
+        onset_after = rng.choice(DEPTHS)
+        noise = rng.choice((0.001, 0.01, 0.03, 0.08))
+        d = design(seeds={"start": 2, "max": rng.choice((2, 3, 4))}, budget={"trials": 500},
+                   residual_check=rng.random() < 0.8)
+
+        def world(p: Point) -> float | None:
+            if rng.random() < 0.03:
+                return None           # a trial that did not finish with a value
+            base = 0.08 if p.residual else 0.10 if p.depth <= onset_after else 0.14
+            return base + rng.gauss(0, noise)
+        values, actions = {}, []
+        while (step := d.decide(values)).action != STOP:
+            assert step.points and not any(p in values for p in step.points), case
+            values.update({p: world(p) for p in step.points})
+            actions.append(step.action)
+        twin_seeded += TWIN_SEED in actions
+        moved += actions.count(RESIDUAL) > 1   # a twin seed at hi moved the bracket
+        assert len(values) <= d.max_trials(), case
+        assert all(sum(q.depth == p.depth and q.residual == p.residual for q in values)
+                   <= d.spec.seeds.max for p in values), case
+    assert twin_seeded >= 10 and moved >= 1     # the paths the bound had to cover
 
 
 def test_budget_stop_says_what_did_not_fit():
