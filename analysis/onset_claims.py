@@ -43,7 +43,8 @@ class DesignResult:
                 f"each explored depth against depth {self.design.reference} at alpha "
                 f"{spec.alpha:g}, not degraded when the {100 * (1 - spec.alpha):g}% upper "
                 f"bound is below the {100 * spec.margin:g} pp margin, more seeds (up to "
-                f"{spec.seeds.max}) where undecided; replayed from the stored trials")
+                f"{spec.seeds.max}) where undecided; p-values not adjusted for the several "
+                f"depths compared; replayed from the stored trials")
 
 
 def design_claims(result: DesignResult, generic: dict[str, Claim]) -> dict[str, Claim]:

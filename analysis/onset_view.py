@@ -42,8 +42,8 @@ class OnsetSection:
     def summary(self) -> str:
         spec, depths = self.design.spec, self.design.depths
         grid = len(depths) * spec.seeds.max
-        return (f"{len(self.record)} trials of a budget of {spec.budget.trials} (worst case "
-                f"{self.design.max_trials()}); the full grid over the {len(depths)} valid "
+        return (f"{len(self.record)} trials of a budget of {self.design.budget.describe()} "
+                f"(worst case {self.design.max_trials()}); the full grid over the {len(depths)} valid "
                 f"depths {depths[0]}..{depths[-1]} at seeds.max {spec.seeds.max}: {grid} "
                 f"plain trials, {2 * grid} with residual twins")
 
