@@ -13,6 +13,7 @@ from search_spaces.onset import (BISECT, BUDGET, COARSE, RESIDUAL, RESOLVED, STO
                                  OnsetDesign, Point, replay)
 from search_spaces.schema import OnsetSpec
 from tests.search_spaces.test_onset_design import DEPTHS, run, step_world
+from tests.search_spaces.test_study_malformed import ONSET as VALID_ONSET
 
 
 def by_depth(p: Point) -> float:
@@ -93,17 +94,9 @@ def test_replay_holds_only_unstarted_steps_to_the_budget():
     assert resumed.pending.action == RESIDUAL and len(resumed.missing) == 3
 
 
-ONSET = """\
-name: o
-data: {dataset: fashion-mnist, train_size: 256, val_size: 64}
-train: {recipe: cosine, epochs: 1}
-model: {family: cifar, width: 0.25}
-design: onset
-onset:
-  depth: {low: 8, high: 26}
-  coarse: 2
-  budget: BUDGET
-"""
+# The malformed tests' valid onset study, with its budget left to each case.
+ONSET = VALID_ONSET.replace("  budget: {trials: 12}\n", "  coarse: 2\n  budget: BUDGET\n")
+assert "BUDGET" in ONSET
 
 
 @pytest.mark.parametrize("budget, resources, device", [
