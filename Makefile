@@ -7,13 +7,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+# `make test` adds what a Ray cluster node has beyond ray[tune] (the dashboard and job
+# server `ray job submit` talks to): the image's set, docker/requirements-cluster.txt.
+TEST_REQ := docker/requirements-cluster.txt
+TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt pyproject.toml $(TEST_REQ) | sha256sum | cut -c1-16)
 STUDY ?= search_spaces/degradation-quick.yaml
 PYTEST_ARGS ?=
 # `make readme-results`: the demo study, run in a fresh store of its own (never ./mlflow.db).
 README_STUDY := search_spaces/degradation-quick.yaml
 README_RUN := $(CURDIR)/build/readme-results
 
-.PHONY: help setup data test demo readme-results cluster-test clean
+.PHONY: help setup test-setup data test demo readme-results cluster-test clean
 
 help:
 	@echo "make demo   run the default study (local Ray + MLflow) and write its report"
@@ -23,6 +27,7 @@ help:
 	@echo "make cluster-test  build the compose stack's images offline, bring it up and run a"
 	@echo "            study through it (root; Docker installed and started if needed)"
 	@echo "make setup  create $(VENV) with the pinned packages (done by demo/test)"
+	@echo "make test-setup  add the Ray cluster node extras the tests need (done by test)"
 	@echo "make data   make sure Fashion-MNIST is on disk (done by demo/test)"
 	@echo "make clean  remove the venv, local MLflow store, Ray results and reports"
 
@@ -38,10 +43,18 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(BIN)/python -m pip install -q --no-deps -e . > $(VENV)/install-project.log 2>&1 || { cat $(VENV)/install-project.log; exit 1; }
 	@touch $@
 
+test-setup: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) $(TEST_REQ)
+	@echo "== installing the Ray cluster node's extras for the tests ($(TEST_REQ))"
+	@rm -f $(VENV)/.installed-test-*
+	@set -o pipefail; $(BIN)/python -m pip install -q -r $(TEST_REQ) 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@touch $@
+
 data: setup
 	@$(BIN)/python -m workers.data.files fashion-mnist
 
-test: setup data
+test: setup test-setup data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup data

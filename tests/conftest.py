@@ -167,8 +167,8 @@ def project_free_python(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """`with ray_head(log_dir, num_cpus=2, env=None) as head:` head.address, head.env (for
-    drivers)."""
+    """`with ray_head(log_dir, num_cpus=2, env=None, python=None, dashboard=False) as head:`
+    head.address, head.env (for drivers), head.dashboard_url (the job server)."""
     return _ray_head
 
 

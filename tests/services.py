@@ -87,8 +87,13 @@ class RayHead:
     """
 
     def __init__(self, log_dir: Path, num_cpus: int = 2, start_timeout_s: float = 120,
-                 worker_env: dict[str, str] | None = None, python: Path | None = None):
+                 worker_env: dict[str, str] | None = None, python: Path | None = None,
+                 dashboard: bool = False):
         self.log_dir = Path(log_dir)
+        # The dashboard and its job server (`ray job submit`), on 127.0.0.1; it needs
+        # ray[default]'s packages (docker/requirements-cluster.txt, which `make test` adds).
+        self.dashboard = dashboard
+        self.dashboard_port = _free_port()
         self.worker_env = dict(worker_env or {})  # the head's (so its workers') environment
         # The interpreter of `ray start`, so of every worker; with one given, the head
         # gets no $PYTHONPATH either (see `project_free_python`).
@@ -107,6 +112,11 @@ class RayHead:
     def log(self) -> Path:
         return self.log_dir / f"ray-head-{self.port}.log"
 
+    @property
+    def dashboard_url(self) -> str:
+        """Where `ray job submit --address` reaches the job server (dashboard=True)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
     def start(self) -> "RayHead":
         ray = ([str(self.python), "-m", "ray.scripts.scripts"] if self.python
                else [str(Path(sys.executable).with_name("ray"))])
@@ -116,8 +126,9 @@ class RayHead:
         # image installs (docker/requirements-cluster.txt).
         command = [*ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                    "--port", str(self.port), "--num-cpus", str(self.num_cpus),
-                   "--num-gpus", "0", "--include-dashboard", "false",
-                   "--dashboard-port", str(_free_port()),
+                   "--num-gpus", "0", "--include-dashboard", str(self.dashboard).lower(),
+                   "--dashboard-host", "127.0.0.1",
+                   "--dashboard-port", str(self.dashboard_port),
                    "--dashboard-agent-listen-port", str(_free_port()),
                    "--disable-usage-stats"]
         env = dict(os.environ, **self.env, **self.worker_env)
@@ -147,11 +158,13 @@ class RayHead:
 
 @contextlib.contextmanager
 def _ray_head(log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None,
-              python: Path | None = None) -> Iterator[RayHead]:
+              python: Path | None = None, dashboard: bool = False) -> Iterator[RayHead]:
     """A started head (`env`: extra variables for it and the workers it starts; `python`:
-    the interpreter it and its workers run), retried on fresh ports."""
+    the interpreter it and its workers run; `dashboard`: with its job server), retried on
+    fresh ports."""
     head = _start_with_retries(
-        lambda: RayHead(log_dir, num_cpus, worker_env=env, python=python).start())
+        lambda: RayHead(log_dir, num_cpus, worker_env=env, python=python,
+                        dashboard=dashboard).start())
     try:
         yield head
     finally:
