@@ -232,11 +232,11 @@ class OnsetDesign:
         if grow:
             points = tuple(Point(d, False, count(values, d, False)) for d in grow)
             why = "; ".join(v.describe() for v in undecided)
-            return Step(SEED, points, f"undecided ({why}): one more seed at depths "
-                        f"{depths_text(grow)}", None, tests)
+            return Step(SEED, points, f"undecided ({why}): one more seed at "
+                        f"{depths_phrase(grow)}", None, tests)
         exhausted = [v.depth for v in undecided]
-        note = (f" (undecided at seeds.max {seed_max}, counted as not degraded: depths "
-                f"{depths_text(exhausted)})" if exhausted else "")
+        note = (f" (undecided at seeds.max {seed_max}, counted as not degraded: "
+                f"{depths_phrase(exhausted)})" if exhausted else "")
         if hi is None:
             return Step(STOP, (), f"no degradation: no depth up to {explored[-1]} is worse "
                         f"than depth {self.reference}{note}", None, tests, NO_DEGRADATION)
@@ -376,3 +376,8 @@ def point_trial(spec, locations, point: Point):
 
 def depths_text(depths) -> str:
     return ", ".join(map(str, depths))
+
+
+def depths_phrase(depths) -> str:
+    """'depth 14' or 'depths 8, 26'."""
+    return f"depth{'s' if len(depths) > 1 else ''} {depths_text(depths)}"
