@@ -33,7 +33,7 @@ from analysis.figures import (SHORTCUTS_FIGURE, FigureFile, plot_degradation_map
                               plot_shortcuts, plot_training_curves, shortcut_table)
 from analysis.findings import (NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Findings,
                                compute_findings, pp, pp_diff)
-from analysis.onset_view import OnsetSection, onset_section
+from analysis.onset_view import onset_section
 from analysis.probe_views import (layer_response_means, plot_gradient_flow,
                                   plot_layer_responses, probe_table)
 from analysis.results import log_results
@@ -55,7 +55,6 @@ class Report:
     findings: Findings
     study_text: str | None
     sections: list[Section]
-    onset: OnsetSection | None = None   # design: onset only (analysis.onset_view)
 
     @property
     def all_figures(self) -> list[FigureFile]:
@@ -105,7 +104,7 @@ def build_report(runs: StudyRuns, out_dir: Path, study_text: str | None = None,
     md_text = render_markdown(runs, findings, figures, out_dir, sections)
     html_path.write_text(html_text, encoding="utf-8")
     md_path.write_text(md_text, encoding="utf-8")
-    return Report(html_path, md_path, figures, findings, study_text, sections, onset)
+    return Report(html_path, md_path, figures, findings, study_text, sections)
 
 
 def make_figures(done: pd.DataFrame, curves: pd.DataFrame, probes: pd.DataFrame,

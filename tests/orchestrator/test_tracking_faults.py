@@ -100,6 +100,17 @@ def assert_every_epoch_once(client, children, keys, epochs=EPOCHS):
                 (child.info.run_name, key)
 
 
+def assert_study_finished_once(study_runs, client_for, uri, study, name, keys):
+    """One finished parent, one finished run per trial of the study file, every epoch of
+    each recorded once."""
+    parents, children = study_runs(uri, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == \
+        sorted(t.name for t in expand_study(load_study(study)))   # one run per trial
+    assert all(c.data.tags["resweep.status"] == "finished" for c in children)
+    assert_every_epoch_once(client_for(uri), children, keys)
+
+
 def pause_after(folder: Path, epoch: int, *trials: str) -> dict:
     """The trials' pause cues (workers/faults.py): each waits after reporting `epoch` until
     its cue is removed (`release`). The environment that turns the cues on."""
@@ -249,12 +260,8 @@ def test_tracking_server_down_mid_study_the_study_goes_on_and_every_epoch_arrive
     finally:
         if driver.process.poll() is None:
             driver.process.kill()
-    parents, children = study_runs(server.url, "server-outage")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(c.info.run_name for c in children) == \
-        sorted(t.name for t in expand_study(load_study(study)))   # one run per trial
-    assert all(c.data.tags["resweep.status"] == "finished" for c in children)
-    assert_every_epoch_once(client_for(server.url), children, per_epoch_keys)
+    assert_study_finished_once(study_runs, client_for, server.url, study, "server-outage",
+                               per_epoch_keys)
 
 
 def test_study_ends_while_the_server_is_down_exit_1_then_the_rerun_backfills(
@@ -281,9 +288,5 @@ def test_study_ends_while_the_server_is_down_exit_1_then_the_rerun_backfills(
     server.start()
     rerun = resweep_run(study, server.url, "--quiet")
     assert rerun.wait(timeout=300) == 0, rerun.output
-    parents, children = study_runs(server.url, "server-down-at-end")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(c.info.run_name for c in children) == \
-        sorted(t.name for t in expand_study(load_study(study)))   # one run per trial
-    assert all(c.data.tags["resweep.status"] == "finished" for c in children)
-    assert_every_epoch_once(client_for(server.url), children, per_epoch_keys)
+    assert_study_finished_once(study_runs, client_for, server.url, study, "server-down-at-end",
+                               per_epoch_keys)
